@@ -1,0 +1,58 @@
+"""Command line: `kernels-gateway` (everything), `kernels-gateway supervisor`, `kernels-gateway web`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from . import __version__
+from .config import Config, add_arguments, from_namespace
+from .supervisor.errors import GatewayError
+
+COMMANDS = {
+    "supervisor": "run only the supervisor, which owns every kernel",
+    "web": "run only a web worker, which finds the supervisor's socket in --runtime-dir",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="kernels-gateway",
+        description="Jupyter kernels over HTTP and websockets. Without a command, runs the supervisor "
+        "and the web workers together.",
+    )
+    top.add_argument("--version", action="version", version=__version__)
+    add_arguments(top, "all")
+    commands = top.add_subparsers(dest="command", metavar="{supervisor,web}")
+    for name, help in COMMANDS.items():
+        add_arguments(commands.add_parser(name, help=help, description=help), name)
+    return top
+
+
+def configure_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.log_level,
+        format="[%(levelname).1s %(asctime)s %(name)s] %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = parser().parse_args(argv)
+    config = from_namespace(ns)
+    configure_logging(config)
+    if ns.command == "supervisor":
+        from .supervisor.main import serve
+    elif ns.command == "web":
+        from .gateway.server import serve
+    else:
+        from .arbiter import run
+
+        sys.exit(asyncio.run(run(config)))
+    try:
+        asyncio.run(serve(config))
+    except (GatewayError, RuntimeError, OSError) as e:
+        logging.getLogger("kernels_gateway").error("%s", getattr(e, "message", e))
+        sys.exit(1)

@@ -1,0 +1,152 @@
+"""Configuration, built once at the edge: every option is a flag, a KERNELS_GATEWAY_* variable, and where
+Kernel Gateway had one, its KG_* variable too (flag > KERNELS_GATEWAY_* > KG_* > default)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_runtime_dir
+
+SUPERVISOR, WEB = "supervisor", "web"
+BOTH = (SUPERVISOR, WEB)
+
+
+def _opt(default, help: str, roles=BOTH, kg: str | None = None, env: str | None = None, flag: bool = True, **kw):
+    return field(default=default, metadata={"help": help, "roles": roles, "kg": kg, "env": env, "flag": flag, **kw})
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    ip: str = _opt("127.0.0.1", "interface the gateway listens on", (WEB,), kg="KG_IP")
+    port: int = _opt(8000, "port the gateway listens on", (WEB,), kg="KG_PORT")
+    base_path: str = _opt("/", "path prefix of every route, such as /krn", (WEB,), kg="KG_BASE_URL")
+    workers: int = _opt(1, "number of web worker processes (one-command mode)", ())
+    runtime_dir: Path = _opt(
+        Path(jupyter_runtime_dir()) / "kernels-gateway",
+        "folder for the supervisor's socket and the kernels' connection files and IPC sockets",
+    )
+    kernel_name: str = _opt(
+        "", "kernelspec of the kernels started at launch (default: the default kernelspec)",
+        (SUPERVISOR,), env="KERNEL_NAME",
+    )
+    initial_kernels: int = _opt(1, "kernels started at launch", (SUPERVISOR,), kg="KG_PRESPAWN_COUNT")
+    default_kernel_name: str = _opt(
+        "", "kernelspec used when a start request names none", (SUPERVISOR,), kg="KG_DEFAULT_KERNEL_NAME"
+    )
+    max_kernels: int = _opt(0, "most kernels running at once (0: no limit)", (SUPERVISOR,), kg="KG_MAX_KERNELS")
+    env_allow: tuple[str, ...] = _opt(
+        (), "comma-separated names besides KERNEL_* that a start request may set in a kernel's environment",
+        (SUPERVISOR,), kg="KG_ENV_WHITELIST", parse=_csv,
+    )
+    transport: str = _opt("ipc", "ZMQ transport between kernels and the gateway: ipc or tcp (loopback)",
+                          (SUPERVISOR,), choices=("ipc", "tcp"))
+    kernel_start_timeout: float = _opt(60.0, "seconds a kernel has to answer its first request", (SUPERVISOR,))
+    shutdown_wait: float = _opt(
+        5.0, "seconds a kernel has to exit after a shutdown request before it is terminated, then killed",
+        (SUPERVISOR,),
+    )
+    max_body_size: int = _opt(1 << 20, "largest request body in bytes", (WEB,))
+    max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR",
+                          choices=("DEBUG", "INFO", "WARNING", "ERROR"), upper=True)
+    # Set by the one-command arbiter for its workers: the inherited listening socket.
+    fd: int = _opt(-1, "", (WEB,), flag=False)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / "supervisor.sock"
+
+    @property
+    def base(self) -> str:
+        """The base path normalised to '' or '/segment(s)' without a trailing slash."""
+        stripped = self.base_path.strip("/")
+        return f"/{stripped}" if stripped else ""
+
+    def args_for(self, role: str) -> list[str]:
+        """Flags that hand this configuration to a child process playing `role`."""
+        args = []
+        for f in fields(self):
+            if role in f.metadata["roles"] and f.metadata["flag"]:
+                value = getattr(self, f.name)
+                args += [_flag(f.name), ",".join(value) if isinstance(value, tuple) else str(value)]
+        return args
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of one command: `all` (the one command) takes every option, a half takes its own."""
+    for f in fields(Config):
+        meta = f.metadata
+        if command != "all" and command not in meta["roles"]:
+            continue
+        shown = f"{meta['help']} (env {', '.join(_env_names(f))}; default {_show(f.default)})"
+        parser.add_argument(
+            _flag(f.name),
+            dest=f.name,
+            type=_parser_for(f),
+            choices=meta.get("choices"),
+            default=argparse.SUPPRESS,
+            help=shown if meta["flag"] else argparse.SUPPRESS,
+        )
+
+
+def from_namespace(ns: argparse.Namespace, environ=os.environ) -> Config:
+    values = {}
+    for f in fields(Config):
+        if hasattr(ns, f.name):
+            values[f.name] = getattr(ns, f.name)
+            continue
+        name = next((n for n in _env_names(f) if n in environ), None)
+        if name is None:
+            continue
+        try:
+            values[f.name] = _parser_for(f)(environ[name])
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise SystemExit(f"kernels-gateway: bad value for {name}: {e}") from None
+        choices = f.metadata.get("choices")
+        if choices and values[f.name] not in choices:
+            raise SystemExit(f"kernels-gateway: {name} must be one of {', '.join(choices)}")
+    return Config(**values)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env_names(f) -> list[str]:
+    own = f.metadata["env"] or f"KERNELS_GATEWAY_{f.name.upper()}"
+    return [own] + ([f.metadata["kg"]] if f.metadata["kg"] else [])
+
+
+def _parser_for(f):
+    meta = f.metadata
+    if "parse" in meta:
+        return meta["parse"]
+    if meta.get("upper"):
+        return str.upper
+    kind = type(f.default)
+    if kind is bool:
+        return _bool
+    if issubclass(kind, Path):
+        return Path
+    return kind
+
+
+def _show(default) -> str:
+    if isinstance(default, tuple):
+        return ",".join(default) or "none"
+    return str(default) if default != "" else "none"

@@ -1,0 +1,53 @@
+"""The one place where errors become HTTP answers: JSON `{"message", "reason"}`, never HTML or a traceback."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from aiohttp import web
+
+from ..supervisor.errors import (
+    BadRequest,
+    GatewayError,
+    KernelBusy,
+    KernelLimit,
+    KernelNotFound,
+    KernelSpecNotFound,
+    KernelStartFailed,
+    SupervisorUnavailable,
+)
+
+log = logging.getLogger("kernels_gateway.web")
+
+STATUS: dict[type[GatewayError], int] = {
+    BadRequest: 400,
+    KernelLimit: 403,
+    KernelNotFound: 404,
+    KernelSpecNotFound: 404,
+    KernelBusy: 409,
+    KernelStartFailed: 500,
+    SupervisorUnavailable: 503,
+}
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> web.Response:
+    reason = HTTPStatus(status).phrase
+    return web.json_response({"message": message, "reason": reason}, status=status, headers=headers)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as e:
+        return error_response(STATUS.get(type(e), 500), e.message)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
+        message = e.text if e.text and e.text != f"{e.status}: {e.reason}" else e.reason
+        return error_response(e.status, message, headers)
+    except Exception:
+        log.exception("Unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "Internal server error")

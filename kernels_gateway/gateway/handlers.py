@@ -1,0 +1,111 @@
+"""REST handlers: the kernels and kernelspecs APIs. Each asks the supervisor and shapes its answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..supervisor.errors import BadRequest, KernelSpecNotFound
+from .keys import CONFIG, SUPERVISOR
+
+
+async def api_info(request: web.Request) -> web.Response:
+    return web.json_response({"version": __version__})
+
+
+# -- kernelspecs ---------------------------------------------------------------------------------
+
+
+def _spec_model(base: str, spec: dict[str, Any]) -> dict[str, Any]:
+    name = spec["name"]
+    resources = {}
+    for file in spec["resources"]:
+        key = file if file in ("kernel.js", "kernel.css") else file.rsplit(".", 1)[0]
+        resources[key] = f"{base}/kernelspecs/{name}/{file}"
+    return {"name": name, "spec": spec["spec"], "resources": resources}
+
+
+async def list_kernelspecs(request: web.Request) -> web.Response:
+    found = await request.app[SUPERVISOR].kernelspecs()
+    base = request.app[CONFIG].base
+    specs = {name: _spec_model(base, spec) for name, spec in found["kernelspecs"].items()}
+    return web.json_response({"default": found["default"], "kernelspecs": specs})
+
+
+async def _kernelspec(request: web.Request) -> dict[str, Any]:
+    name = request.match_info["name"]
+    found = await request.app[SUPERVISOR].kernelspecs()
+    try:
+        return found["kernelspecs"][name]
+    except KeyError:
+        raise KernelSpecNotFound(name) from None
+
+
+async def get_kernelspec(request: web.Request) -> web.Response:
+    spec = await _kernelspec(request)
+    return web.json_response(_spec_model(request.app[CONFIG].base, spec))
+
+
+async def kernelspec_file(request: web.Request) -> web.FileResponse:
+    """A file from the kernelspec's own folder (logos, kernel.js); nothing outside it."""
+    spec = await _kernelspec(request)
+    folder = Path(spec["resource_dir"]).resolve()
+    path = (folder / request.match_info["path"]).resolve()
+    if not path.is_relative_to(folder) or not path.is_file():
+        raise web.HTTPNotFound(text=f"No such file in kernelspec {spec['name']}")
+    return web.FileResponse(path)
+
+
+# -- kernels -------------------------------------------------------------------------------------
+
+
+async def list_kernels(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[SUPERVISOR].list())
+
+
+async def start_kernel(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    name, env = body.get("name"), body.get("env")
+    if name is not None and not isinstance(name, str):
+        raise BadRequest("name must be a string")
+    if env is not None and not isinstance(env, dict):
+        raise BadRequest("env must be an object of strings")
+    model = await request.app[SUPERVISOR].start(name or None, env)
+    location = f"{request.app[CONFIG].base}/api/kernels/{model['id']}"
+    return web.json_response(model, status=201, headers={"Location": location})
+
+
+async def get_kernel(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[SUPERVISOR].get(request.match_info["kernel_id"]))
+
+
+async def shutdown_kernel(request: web.Request) -> web.Response:
+    await request.app[SUPERVISOR].shutdown(request.match_info["kernel_id"])
+    return web.Response(status=204)
+
+
+async def interrupt_kernel(request: web.Request) -> web.Response:
+    await request.app[SUPERVISOR].interrupt(request.match_info["kernel_id"])
+    return web.Response(status=204)
+
+
+async def restart_kernel(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[SUPERVISOR].restart(request.match_info["kernel_id"]))
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; an empty body counts as {}."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRequest(f"Request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("Request body must be a JSON object")
+    return body

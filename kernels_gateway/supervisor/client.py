@@ -1,0 +1,135 @@
+"""What a gateway worker uses to talk to the supervisor: one multiplexed connection, rebuilt on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from . import wire
+from .errors import SupervisorUnavailable, from_wire
+
+log = logging.getLogger("kernels_gateway.client")
+
+
+class SupervisorClient:
+    def __init__(self, socket_path: Path, retry_for: float = 2.0):
+        self.socket_path = socket_path
+        self.retry_for = retry_for
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task | None = None
+        self._connect_lock = asyncio.Lock()
+        self._pending: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        # Websockets this worker holds open, re-announced to a supervisor that was restarted.
+        self._opened: Counter[str] = Counter()
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def ping(self) -> dict:
+        return await self.request("ping")
+
+    async def kernelspecs(self) -> dict:
+        return await self.request("kernelspecs")
+
+    async def start(self, name: str | None = None, env: dict | None = None) -> dict:
+        return await self.request("start", name=name, env=env)
+
+    async def list(self) -> list[dict]:
+        return await self.request("list")
+
+    async def get(self, kernel_id: str) -> dict:
+        return await self.request("get", kernel_id=kernel_id)
+
+    async def shutdown(self, kernel_id: str) -> None:
+        await self.request("shutdown", kernel_id=kernel_id)
+
+    async def interrupt(self, kernel_id: str) -> None:
+        await self.request("interrupt", kernel_id=kernel_id)
+
+    async def restart(self, kernel_id: str) -> dict:
+        return await self.request("restart", kernel_id=kernel_id)
+
+    async def connection_info(self, kernel_id: str) -> dict:
+        return await self.request("connection_info", kernel_id=kernel_id)
+
+    async def connection_opened(self, kernel_id: str) -> None:
+        await self.request("connection_opened", kernel_id=kernel_id)
+        self._opened[kernel_id] += 1
+
+    async def connection_closed(self, kernel_id: str) -> None:
+        if self._opened[kernel_id] > 0:
+            self._opened[kernel_id] -= 1
+        with contextlib.suppress(SupervisorUnavailable):
+            await self.request("connection_closed", kernel_id=kernel_id)
+
+    # -- the connection ------------------------------------------------------------------------
+
+    async def request(self, op: str, **args: Any) -> Any:
+        writer = await self._connect()
+        request_id = next(self._ids)
+        reply = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = reply
+        try:
+            writer.write(wire.encode({"id": request_id, "op": op, "args": args}))
+            await writer.drain()
+            body = await reply
+        except ConnectionError:
+            raise self._unavailable("lost the connection") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if "error" in body:
+            error = body["error"]
+            raise from_wire(error.get("code", "error"), error.get("message", "supervisor error"))
+        return body.get("result")
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        async with self._connect_lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            deadline = asyncio.get_running_loop().time() + self.retry_for
+            delay = 0.05
+            while True:
+                try:
+                    reader, writer = await asyncio.open_unix_connection(str(self.socket_path), limit=wire.MAX_FRAME)
+                    break
+                except OSError:
+                    if asyncio.get_running_loop().time() + delay > deadline:
+                        raise self._unavailable("cannot connect") from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read_replies(reader, writer), name="supervisor-replies")
+            for kernel_id, count in self._opened.items():
+                for _ in range(count):
+                    writer.write(wire.encode({"id": next(self._ids), "op": "connection_opened", "args": {"kernel_id": kernel_id}}))
+            return writer
+
+    async def _read_replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (body := await wire.read_frame(reader)) is not None:
+                reply = self._pending.get(body.get("id"))
+                if reply is not None and not reply.done():
+                    reply.set_result(body)
+        except (wire.WireError, ConnectionError) as e:
+            log.warning("Supervisor connection broke: %s", e)
+        finally:
+            writer.close()
+            self._writer = None
+            for reply in self._pending.values():
+                if not reply.done():
+                    reply.set_exception(self._unavailable("lost the connection"))
+
+    def _unavailable(self, what: str) -> SupervisorUnavailable:
+        return SupervisorUnavailable(f"The kernel supervisor is not reachable ({what}: {self.socket_path})")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            await asyncio.gather(self._reader_task, return_exceptions=True)

@@ -1,0 +1,70 @@
+"""Domain errors. The supervisor raises them, the wire carries their `code`, the client raises them
+again on the gateway's side, and the gateway maps them to HTTP in one place."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    code = "error"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class KernelNotFound(GatewayError):
+    code = "kernel_not_found"
+
+    def __init__(self, kernel_id: str):
+        super().__init__(f"Kernel does not exist: {kernel_id}")
+
+
+class KernelSpecNotFound(GatewayError):
+    code = "kernelspec_not_found"
+
+    def __init__(self, name: str):
+        super().__init__(f"No such kernel named {name}")
+
+
+class KernelLimit(GatewayError):
+    code = "kernel_limit"
+
+
+class KernelBusy(GatewayError):
+    """Another operation on the same kernel makes this one impossible (it is shutting down)."""
+
+    code = "kernel_busy"
+
+
+class KernelStartFailed(GatewayError):
+    code = "kernel_start_failed"
+
+
+class BadRequest(GatewayError):
+    code = "bad_request"
+
+
+class SupervisorUnavailable(GatewayError):
+    code = "supervisor_unavailable"
+
+
+BY_CODE: dict[str, type[GatewayError]] = {
+    cls.code: cls
+    for cls in (
+        GatewayError,
+        KernelNotFound,
+        KernelSpecNotFound,
+        KernelLimit,
+        KernelBusy,
+        KernelStartFailed,
+        BadRequest,
+        SupervisorUnavailable,
+    )
+}
+
+
+def from_wire(code: str, message: str) -> GatewayError:
+    """Rebuild the error the supervisor raised, keeping its message verbatim."""
+    error = GatewayError.__new__(BY_CODE.get(code, GatewayError))
+    GatewayError.__init__(error, message)
+    return error

@@ -1,0 +1,64 @@
+"""The supervisor process: startup, serve until SIGTERM or SIGINT, shutdown of every kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import sdnotify
+
+from ..config import Config
+from .kernels import KernelSettings, Kernels
+from .server import SupervisorServer
+
+log = logging.getLogger("kernels_gateway.supervisor")
+
+# Variables that belong to the gateway or to the service manager, never to a kernel.
+SECRET_ENV = frozenset({
+    "KERNELS_GATEWAY_AUTH_TOKEN", "KG_AUTH_TOKEN",
+    "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID",
+})
+
+
+def kernel_settings(config: Config) -> KernelSettings:
+    return KernelSettings(
+        runtime_dir=config.runtime_dir,
+        default_kernel_name=config.default_kernel_name,
+        transport=config.transport,
+        max_kernels=config.max_kernels,
+        env_allow=frozenset(config.env_allow),
+        secret_env=SECRET_ENV,
+        start_timeout=config.kernel_start_timeout,
+        shutdown_wait=config.shutdown_wait,
+    )
+
+
+def prepare_runtime_dir(config: Config) -> None:
+    config.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(config.runtime_dir, 0o700)
+
+
+async def serve(config: Config) -> None:
+    prepare_runtime_dir(config)
+    kernels = Kernels(kernel_settings(config))
+    server = SupervisorServer(kernels, config.socket_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    notifier = sdnotify.SystemdNotifier()
+    try:
+        await server.start_serving()
+        log.info("Supervisor listening on %s", config.socket_path)
+        for _ in range(config.initial_kernels):
+            await kernels.start(config.kernel_name or None)
+        notifier.notify("READY=1")
+        await stop.wait()
+    finally:
+        notifier.notify("STOPPING=1")
+        log.info("Supervisor stopping: shutting down %d kernel(s)", len(kernels.list()))
+        await server.close()
+        await kernels.shutdown_all()
+        kernels.close()

@@ -1,0 +1,201 @@
+"""The supervisor's Unix socket server: one dispatch table, domain errors become error codes here only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import wire
+from .errors import BadRequest, GatewayError
+from .kernels import Kernels
+
+log = logging.getLogger("kernels_gateway.supervisor")
+
+_PEERCRED = struct.Struct("3i")
+
+
+class Client:
+    """What the supervisor remembers of one connected gateway worker."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self.write_lock = asyncio.Lock()
+        self.connections: Counter[str] = Counter()
+        self.requests: set[asyncio.Task] = set()
+
+    async def send(self, body: dict[str, Any]) -> None:
+        async with self.write_lock:
+            await wire.write_frame(self.writer, body)
+
+
+Op = Callable[[dict[str, Any], Client], Awaitable[Any]]
+
+
+class SupervisorServer:
+    def __init__(self, kernels: Kernels, socket_path: Path):
+        self.kernels = kernels
+        self.socket_path = socket_path
+        self._server: asyncio.Server | None = None
+        self._clients: set[Client] = set()
+        self._handlers: set[asyncio.Task] = set()
+        self.ops: dict[str, Op] = {
+            "ping": self.ping,
+            "kernelspecs": self.kernelspecs,
+            "start": self.start,
+            "list": self.list,
+            "get": self.get,
+            "shutdown": self.shutdown,
+            "interrupt": self.interrupt,
+            "restart": self.restart,
+            "connection_info": self.connection_info,
+            "connection_opened": self.connection_opened,
+            "connection_closed": self.connection_closed,
+        }
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def ping(self, args: dict, client: Client) -> dict:
+        return {"pid": os.getpid()}
+
+    async def kernelspecs(self, args: dict, client: Client) -> dict:
+        return self.kernels.kernelspecs()
+
+    async def start(self, args: dict, client: Client) -> dict:
+        name, env = args.get("name"), args.get("env")
+        if name is not None and not isinstance(name, str):
+            raise BadRequest("name must be a string")
+        if env is not None and not isinstance(env, dict):
+            raise BadRequest("env must be an object")
+        return (await self.kernels.start(name, env)).model()
+
+    async def list(self, args: dict, client: Client) -> list:
+        return [kernel.model() for kernel in self.kernels.list()]
+
+    async def get(self, args: dict, client: Client) -> dict:
+        return self.kernels.get(args.get("kernel_id")).model()
+
+    async def shutdown(self, args: dict, client: Client) -> None:
+        await self.kernels.shutdown(args.get("kernel_id"))
+
+    async def interrupt(self, args: dict, client: Client) -> None:
+        await self.kernels.interrupt(args.get("kernel_id"))
+
+    async def restart(self, args: dict, client: Client) -> dict:
+        return (await self.kernels.restart(args.get("kernel_id"))).model()
+
+    async def connection_info(self, args: dict, client: Client) -> dict:
+        kernel = self.kernels.get(args.get("kernel_id"))
+        return {"model": kernel.model(), "connection_info": kernel.connection_info()}
+
+    async def connection_opened(self, args: dict, client: Client) -> None:
+        kernel_id = args.get("kernel_id")
+        self.kernels.connection_opened(kernel_id)
+        client.connections[kernel_id] += 1
+
+    async def connection_closed(self, args: dict, client: Client) -> None:
+        kernel_id = args.get("kernel_id")
+        if client.connections[kernel_id] > 0:
+            client.connections[kernel_id] -= 1
+            self.kernels.connection_closed(kernel_id)
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def start_serving(self) -> None:
+        path = str(self.socket_path)
+        if os.path.exists(path):
+            if await _answers(path):
+                raise RuntimeError(f"another supervisor is already listening on {path}")
+            os.unlink(path)  # left behind by a supervisor that did not stop cleanly
+        old_umask = os.umask(0o177)  # born 0600: no window in which others could connect
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=path, limit=wire.MAX_FRAME)
+        finally:
+            os.umask(old_umask)
+
+    async def close(self) -> None:
+        if self._server:
+            self._server.close()
+        for client in list(self._clients):
+            client.writer.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server:
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        self._handlers.add(handler)
+        client = Client(writer)
+        self._clients.add(client)
+        try:
+            if not _same_user(writer):
+                log.warning("Refused a control connection from another user")
+                return
+            while (frame := await wire.read_frame(reader)) is not None:
+                task = asyncio.create_task(self._answer(frame, client))
+                client.requests.add(task)
+                task.add_done_callback(client.requests.discard)
+        except wire.WireError as e:
+            log.warning("Closing a control connection that broke the protocol: %s", e)
+            with contextlib.suppress(ConnectionError, wire.WireError):
+                await client.send({"error": {"code": "bad_request", "message": str(e)}})
+        except ConnectionError:
+            pass
+        finally:
+            for task in list(client.requests):
+                task.cancel()
+            await asyncio.gather(*client.requests, return_exceptions=True)
+            # A worker that went away took its websockets with it.
+            for kernel_id, count in client.connections.items():
+                for _ in range(count):
+                    self.kernels.connection_closed(kernel_id)
+            self._clients.discard(client)
+            writer.close()
+            self._handlers.discard(handler)
+
+    async def _answer(self, frame: dict[str, Any], client: Client) -> None:
+        reply: dict[str, Any] = {"id": frame.get("id")}
+        try:
+            op = self.ops.get(frame.get("op"))
+            if op is None:
+                raise BadRequest(f"unknown operation {str(frame.get('op'))[:50]!r}")
+            args = frame.get("args") or {}
+            if not isinstance(args, dict):
+                raise BadRequest("args must be an object")
+            reply["result"] = await op(args, client)
+        except GatewayError as e:
+            reply["error"] = {"code": e.code, "message": e.message}
+        except Exception as e:
+            log.exception("Operation %s failed", frame.get("op"))
+            reply["error"] = {"code": "error", "message": f"internal error: {type(e).__name__}"}
+        with contextlib.suppress(ConnectionError):
+            try:
+                await client.send(reply)
+            except wire.WireError as e:
+                await client.send({"id": reply["id"], "error": {"code": "error", "message": str(e)}})
+
+
+def _same_user(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("socket")
+    _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return uid == os.getuid()
+
+
+async def _answers(path: str) -> bool:
+    try:
+        _reader, writer = await asyncio.open_unix_connection(path)
+    except OSError:
+        return False
+    writer.close()
+    return True

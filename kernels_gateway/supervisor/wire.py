@@ -1,0 +1,77 @@
+"""The supervisor's control protocol: length-prefixed JSON over a Unix stream socket.
+
+Every frame, in both directions::
+
+    +--------------------+----------------------------------------+
+    | length: u32, big   | body: one JSON object, UTF-8, `length` |
+    | endian, <= MAX     | bytes                                  |
+    +--------------------+----------------------------------------+
+
+Bodies::
+
+    request  {"id": 7, "op": "get", "args": {"kernel_id": "..."}}
+    reply    {"id": 7, "result": {...}}
+             {"id": 7, "error": {"code": "kernel_not_found", "message": "..."}}
+    event    {"event": "kernel_state", "data": {...}}      (no id: pushed to subscribers)
+
+A frame that is too long, not JSON or not an object raises `WireError`, the one error type of this
+module; the reader stops at the length prefix and never buffers an oversized body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from typing import Any
+
+MAX_FRAME = 1 << 20
+_LENGTH = struct.Struct("!I")
+
+
+class WireError(Exception):
+    """A frame that breaks the protocol; the connection that sent it is closed."""
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    if len(data) > MAX_FRAME:
+        raise WireError(f"frame of {len(data)} bytes exceeds the {MAX_FRAME} byte limit")
+    return _LENGTH.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next frame's body, or None at a clean end of stream."""
+    try:
+        prefix = await reader.readexactly(_LENGTH.size)
+    except asyncio.IncompleteReadError as e:
+        if e.partial:
+            raise WireError("stream ended inside a length prefix") from None
+        return None
+    (length,) = _LENGTH.unpack(prefix)
+    if length > MAX_FRAME:
+        raise WireError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
+    try:
+        data = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise WireError("stream ended inside a frame") from None
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise WireError(f"frame is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise WireError("frame is not a JSON object")
+    return body
+
+
+async def write_frame(writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
+    writer.write(encode(body))
+    await writer.drain()
+
+
+def kernel_url(connection_info: dict[str, Any], channel: str) -> str:
+    """The ZMQ endpoint of one of a kernel's channels, from its connection info."""
+    port = connection_info[f"{channel}_port"]
+    if connection_info["transport"] == "tcp":
+        return f"tcp://{connection_info['ip']}:{port}"
+    return f"{connection_info['transport']}://{connection_info['ip']}-{port}"

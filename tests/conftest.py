@@ -1,0 +1,172 @@
+"""Fixtures that run the real thing: the `kernels-gateway` command, its supervisor, ipykernel kernels."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from .kernel_client import KernelSocket
+
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kernel_pids(runtime_dir: Path) -> list[int]:
+    """Processes whose command line names a connection file in this runtime dir: our kernels."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"{runtime_dir}/kernel-" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+class Gateway:
+    """One `kernels-gateway` process tree on a free port, in its own short runtime dir."""
+
+    def __init__(self, *args: str, env: dict | None = None, command: tuple[str, ...] = ()):
+        self.port = free_port()
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="kgw-", dir="/tmp")) / "rt"
+        self.args = list(args)
+        self.command = list(command)
+        self.env = {**os.environ, **(env or {})}
+        self.base = ""
+        for i, arg in enumerate(self.args):
+            if arg == "--base-path":
+                stripped = self.args[i + 1].strip("/")
+                self.base = f"/{stripped}" if stripped else ""
+        self.log_path = self.runtime_dir.parent / "gateway.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.base}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{self.base}"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    async def start(self, wait_for: str = "Serving at", timeout: float = 60) -> "Gateway":
+        self.log_file = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kernels_gateway", *self.command, "--port", str(self.port),
+             "--runtime-dir", str(self.runtime_dir), *self.args],
+            env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while wait_for not in self.log():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gateway did not log {wait_for!r}:\n{self.log()}")
+            await asyncio.sleep(0.05)
+        return self
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        self.process.send_signal(sig)
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            assert time.monotonic() < deadline, f"gateway did not stop:\n{self.log()}"
+            await asyncio.sleep(0.05)
+        self.log_file.close()
+        return self.process.returncode
+
+    def cleanup(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for pid in kernel_pids(self.runtime_dir):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.runtime_dir.parent, ignore_errors=True)
+
+
+@pytest.fixture
+async def start_gateway():
+    """Start fresh gateways for tests that stop, break or reconfigure them."""
+    started: list[Gateway] = []
+
+    async def start(*args: str, **kw) -> Gateway:
+        wait_for = kw.pop("wait_for", "Serving at")
+        gateway = Gateway(*args, **kw)
+        started.append(gateway)
+        return await gateway.start(wait_for=wait_for)
+
+    yield start
+    for gateway in started:
+        gateway.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def gateway():
+    """One running gateway under /krn, shared by the tests that only read or make their own kernels."""
+    gw = Gateway("--base-path", "/krn")
+    await gw.start()
+    yield gw
+    assert await gw.stop() == 0
+    gw.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def kernel(gateway, http):
+    """A fresh kernel on the shared gateway, shut down afterwards."""
+    async with http.post(f"{gateway.url}/api/kernels", json={}) as response:
+        assert response.status == 201, await response.text()
+        model = await response.json()
+    yield model
+    async with http.delete(f"{gateway.url}/api/kernels/{model['id']}") as response:
+        assert response.status in (204, 404)
+
+
+@pytest.fixture
+async def connect(gateway, http):
+    """Open websockets to kernels on the shared gateway: `await connect(kernel_id, v1=False)`."""
+    opened: list[KernelSocket] = []
+
+    async def connect(kernel_id: str, v1: bool = False, gw: Gateway | None = None, **kw) -> KernelSocket:
+        sock = await KernelSocket.open(http, gw or gateway, kernel_id, v1=v1, **kw)
+        opened.append(sock)
+        return sock
+
+    yield connect
+    for sock in opened:
+        await sock.close()
+
+
+def write_kernelspec(folder: Path, name: str, argv: list[str] | None = None) -> Path:
+    """A kernelspec in a JUPYTER_PATH-style folder; the default argv runs ipykernel."""
+    spec_dir = folder / "kernels" / name
+    spec_dir.mkdir(parents=True)
+    argv = argv or [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python"}))
+    return spec_dir
