@@ -74,7 +74,8 @@ class Gateway:
     async def start(self, wait_for: str = "Serving at", timeout: float = 60) -> "Gateway":
         self.log_file = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kernels_gateway", *self.command, "--port", str(self.port),
+            [sys.executable, "-m", "kernels_gateway", *self.command,
+             *(["--port", str(self.port)] if self.command != ["supervisor"] else []),
              "--runtime-dir", str(self.runtime_dir), *self.args],
             env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
         )
@@ -93,13 +94,14 @@ class Gateway:
         while self.process.poll() is None:
             assert time.monotonic() < deadline, f"gateway did not stop:\n{self.log()}"
             await asyncio.sleep(0.05)
-        self.log_file.close()
         return self.process.returncode
 
     def cleanup(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        if self.process:
+            self.log_file.close()
         for pid in kernel_pids(self.runtime_dir):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.runtime_dir.parent, ignore_errors=True)

@@ -98,11 +98,11 @@ class KernelSocket:
             return decode_v1(frame.data) if self.v1 else decode_legacy_binary(frame.data)
         raise ConnectionError(f"websocket ended: {frame.type} {frame.data} {frame.extra}")
 
-    async def reply_to(self, request: dict, timeout: float = 30) -> tuple[dict, list[dict]]:
-        """Send `request`, then collect its iopub messages up to `idle` and its reply."""
+    async def reply_to(self, request: dict, timeout: float = 30, replied: bool = True) -> tuple[dict, list[dict]]:
+        """Send `request`, then collect its iopub messages up to `idle` and its reply (if it has one)."""
         await self.send(request)
         msg_id = request["header"]["msg_id"]
-        reply, iopub, idle = None, [], False
+        reply, iopub, idle = None if replied else {}, [], False
         async with asyncio.timeout(timeout):
             while reply is None or not idle:
                 msg = await self.receive()

@@ -32,7 +32,8 @@ log = logging.getLogger("kernels_gateway.supervisor")
 
 DELIMITER = b"<IDS|MSG>"
 # Unix socket paths are capped at 108 bytes (sun_path), NUL included; an IPC endpoint adds "-NNNNN".
-MAX_IPC_PREFIX = 107 - len("-65535")
+MAX_SOCKET_PATH = 107
+MAX_IPC_PREFIX = MAX_SOCKET_PATH - len("-65535")
 MAX_ENV_VALUE = 32 * 1024
 
 
@@ -169,7 +170,7 @@ class Kernels:
         if len(prefix.encode()) > MAX_IPC_PREFIX:
             raise KernelStartFailed(
                 f"Runtime directory {self.settings.runtime_dir} is too deep for IPC sockets "
-                f"(Unix socket paths are limited to 107 bytes); choose a shorter --runtime-dir"
+                f"(Unix socket paths are limited to {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir"
             )
         return prefix
 

@@ -10,7 +10,7 @@ import signal
 import sdnotify
 
 from ..config import Config
-from .kernels import KernelSettings, Kernels
+from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
 from .server import SupervisorServer
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -36,6 +36,11 @@ def kernel_settings(config: Config) -> KernelSettings:
 
 
 def prepare_runtime_dir(config: Config) -> None:
+    if len(bytes(config.socket_path)) > MAX_SOCKET_PATH:
+        raise RuntimeError(
+            f"Runtime directory {config.runtime_dir} is too deep for Unix sockets "
+            f"(paths are limited to {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir"
+        )
     config.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(config.runtime_dir, 0o700)
 

@@ -1,0 +1,136 @@
+"""The processes: launch kernel, base paths, the two halves, permissions, and a stop that leaves nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import HERE, kernel_pids, write_kernelspec
+
+
+def children(pid: int) -> dict[int, str]:
+    """Direct children of a process, with their command lines."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == pid:
+                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, IndexError):
+                continue
+    return found
+
+
+async def get_json(http, url: str):
+    async with http.get(url) as r:
+        return r.status, await r.json()
+
+
+async def test_launch_kernel_from_kernel_name_and_clean_stop(start_gateway, http, tmp_path):
+    write_kernelspec(tmp_path, "other-python")
+    gw = await start_gateway(env={"JUPYTER_PATH": str(tmp_path), "KERNEL_NAME": "other-python"})
+    status, kernels = await get_json(http, f"{gw.url}/api/kernels")
+    assert status == 200
+    assert [k["name"] for k in kernels] == ["other-python"]
+    assert f"Kernel started: {kernels[0]['id']}" in gw.log()
+    assert f"Serving at http://127.0.0.1:{gw.port}/api/kernels" in gw.log()
+
+    # The supervisor is its own process, and the kernels are its children, not the web worker's.
+    tree = children(gw.process.pid)
+    roles = {cmd.split("kernels_gateway ")[1].split()[0]: pid for pid, cmd in tree.items()}
+    assert set(roles) == {"supervisor", "web"}
+    assert len(kernel_pids(gw.runtime_dir)) == 1
+    assert set(kernel_pids(gw.runtime_dir)) == set(children(roles["supervisor"]))
+
+    async with http.post(f"{gw.url}/api/kernels", json={}) as r:
+        second = (await r.json())["id"]
+    assert len(kernel_pids(gw.runtime_dir)) == 2
+    assert await gw.stop(signal.SIGTERM) == 0
+    assert kernel_pids(gw.runtime_dir) == []
+    assert f"Kernel shutdown: {kernels[0]['id']}" in gw.log()
+    assert f"Kernel shutdown: {second}" in gw.log()
+    assert not any(Path(pid_dir).exists() for pid_dir in (f"/proc/{p}" for p in tree))
+
+
+async def test_ctrl_c_stops_everything(start_gateway, http):
+    gw = await start_gateway("--initial-kernels", "2")
+    assert len(kernel_pids(gw.runtime_dir)) == 2
+    assert await gw.stop(signal.SIGINT) == 0
+    assert kernel_pids(gw.runtime_dir) == []
+
+
+async def test_stop_kills_a_kernel_that_ignores_shutdown(start_gateway, http, tmp_path):
+    write_kernelspec(tmp_path, "stubborn", [sys.executable, str(HERE / "kernels" / "stubborn.py"), "-f", "{connection_file}"])
+    gw = await start_gateway("--shutdown-wait", "2", "--kernel-name", "stubborn", env={"JUPYTER_PATH": str(tmp_path)})
+    [pid] = kernel_pids(gw.runtime_dir)
+    assert await gw.stop() == 0
+    assert kernel_pids(gw.runtime_dir) == []
+    assert not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.parametrize("base, prefix", [("jupyter", "/jupyter"), ("/krn/", "/krn"), ("/", ""), ("/a/b", "/a/b")])
+async def test_base_path_variants(start_gateway, http, base, prefix):
+    gw = await start_gateway("--base-path", base, "--initial-kernels", "0")
+    root = f"http://127.0.0.1:{gw.port}"
+    assert f"Serving at {root}{prefix}/api/kernels" in gw.log()
+    status, _ = await get_json(http, f"{root}{prefix}/api/kernels")
+    assert status == 200
+    status, specs = await get_json(http, f"{root}{prefix}/api/kernelspecs")
+    assert specs["kernelspecs"]["python3"]["resources"]["logo-64x64"].startswith(f"{prefix}/kernelspecs/")
+    if prefix:
+        status, _ = await get_json(http, f"{root}/api/kernels")
+        assert status == 404
+
+
+async def test_halves_run_separately_and_web_answers_503_without_supervisor(start_gateway, http):
+    web = await start_gateway(command=("web",))
+    status, body = await get_json(http, f"{web.url}/api/kernels")
+    assert status == 503
+    assert "supervisor" in body["message"]
+
+    supervisor = await start_gateway(command=("supervisor",), wait_for="Kernel started")
+    supervisor_sock = supervisor.runtime_dir / "supervisor.sock"
+    web2 = await start_gateway("--runtime-dir", str(supervisor.runtime_dir), command=("web",))
+    status, kernels = await get_json(http, f"{web2.url}/api/kernels")
+    assert status == 200 and len(kernels) == 1
+
+    # Permissions: only the owner reaches the socket, the connection files, the IPC sockets.
+    assert stat.S_IMODE(os.stat(supervisor.runtime_dir).st_mode) & 0o777 == 0o700  # jupyter_client may add the sticky bit
+    assert stat.S_IMODE(os.stat(supervisor_sock).st_mode) == 0o600
+    connection_files = list(supervisor.runtime_dir.glob("kernel-*.json"))
+    assert connection_files and all(stat.S_IMODE(os.stat(f).st_mode) == 0o600 for f in connection_files)
+
+    assert await supervisor.stop() == 0
+    assert kernel_pids(supervisor.runtime_dir) == []
+    assert not supervisor_sock.exists()
+    status, body = await get_json(http, f"{web2.url}/api/kernels")
+    assert status == 503
+    assert await web2.stop() == 0
+
+
+async def test_kernels_use_ipc_not_tcp(gateway, http):
+    status, kernels = await get_json(http, f"{gateway.url}/api/kernels")
+    connection_file = next(gateway.runtime_dir.glob(f"kernel-{kernels[0]['id']}.json"))
+    assert '"transport": "ipc"' in connection_file.read_text()
+    assert list(gateway.runtime_dir.glob(f"k-{kernels[0]['id'][:8]}-*"))
+
+
+async def test_second_supervisor_on_the_same_socket_is_refused(start_gateway):
+    first = await start_gateway(command=("supervisor",), wait_for="Kernel started")
+    second = await start_gateway("--runtime-dir", str(first.runtime_dir), command=("supervisor",),
+                                 wait_for="already listening")
+    assert second.process.wait(timeout=10) == 1
+    assert await first.stop() == 0
+
+
+async def test_runtime_dir_too_deep_for_ipc_fails_clearly(start_gateway, tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    with pytest.raises(RuntimeError, match="too deep"):
+        await start_gateway("--runtime-dir", str(deep), wait_for="never logged")
