@@ -104,6 +104,8 @@ class Gateway:
             self.log_file.close()
         for pid in kernel_pids(self.runtime_dir):
             os.kill(pid, signal.SIGKILL)
+        if os.environ.get("KEEP_GATEWAY_LOGS"):
+            print(self.log())
         shutil.rmtree(self.runtime_dir.parent, ignore_errors=True)
 
 

@@ -107,18 +107,25 @@ async def test_stdin_round_trip(kernel, connect, v1):
 @both_protocols
 async def test_interrupt_a_running_sleep(gateway, http, kernel, connect, v1):
     sock = await connect(kernel["id"], v1=v1)
-    request = sock.message("execute_request", {"code": "import time; time.sleep(60)", "silent": False,
-                                               "store_history": False, "user_expressions": {}, "allow_stdin": False})
-    pending = asyncio.create_task(sock.reply_to(request, timeout=20))
-    async with asyncio.timeout(10):
-        while (await (await http.get(f"{gateway.url}/api/kernels/{kernel['id']}")).json())["execution_state"] != "busy":
-            await asyncio.sleep(0.05)
-    async with http.post(f"{gateway.url}/api/kernels/{kernel['id']}/interrupt") as r:
-        assert r.status == 204
-    reply, _ = await pending
-    assert reply["content"]["status"] == "error"
-    assert reply["content"]["ename"] == "KeyboardInterrupt"
-    reply, stdout = await sock.execute("print('still here')")
+    code = "print('sleeping', flush=True); import time; time.sleep(60)"
+    request = sock.message("execute_request", {"code": code, "silent": False, "store_history": False,
+                                               "user_expressions": {}, "allow_stdin": False})
+    await sock.send(request)
+    async with asyncio.timeout(30):
+        while True:  # interrupt only once the sleep is surely running
+            msg = await sock.receive()
+            if msg["header"]["msg_type"] == "stream":
+                break
+        async with http.post(f"{gateway.url}/api/kernels/{kernel['id']}/interrupt") as r:
+            assert r.status == 204
+        while True:
+            msg = await sock.receive()
+            if msg["header"]["msg_type"] == "execute_reply":
+                break
+    assert msg["parent_header"]["msg_id"] == request["header"]["msg_id"]
+    assert msg["content"]["status"] == "error"
+    assert msg["content"]["ename"] == "KeyboardInterrupt"
+    _, stdout = await sock.execute("print('still here')")
     assert stdout == "still here\n"
 
 
