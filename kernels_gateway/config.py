@@ -60,6 +60,19 @@ class Config:
         5.0, "seconds a kernel has to exit after a shutdown request before it is terminated, then killed",
         (SUPERVISOR,),
     )
+    restart_limit: int = _opt(
+        5, "restarts of a kernel that keeps dying within 10 s of starting before it is declared dead", (SUPERVISOR,)
+    )
+    cull_idle_timeout: float = _opt(
+        0.0, "shut down kernels idle for longer than this many seconds (0: never)", (SUPERVISOR,)
+    )
+    cull_interval: float = _opt(300.0, "seconds between two checks for idle kernels", (SUPERVISOR,))
+    cull_connected: bool = _opt(False, "cull idle kernels even when a websocket is connected", (SUPERVISOR,))
+    cull_busy: bool = _opt(False, "cull kernels that are busy (idle means: no iopub message)", (SUPERVISOR,))
+    replay_bytes: int = _opt(
+        8 << 20, "iopub bytes kept per kernel for clients that reconnect with the same session_id", (SUPERVISOR,)
+    )
+    replay_age: float = _opt(120.0, "seconds that replayable iopub messages are kept", (SUPERVISOR,))
     max_body_size: int = _opt(1 << 20, "largest request body in bytes", (WEB,))
     max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR",
@@ -83,7 +96,10 @@ class Config:
         for f in fields(self):
             if role in f.metadata["roles"] and f.metadata["flag"]:
                 value = getattr(self, f.name)
-                args += [_flag(f.name), ",".join(value) if isinstance(value, tuple) else str(value)]
+                if isinstance(value, bool):
+                    args.append(_flag(f.name) if value else _flag(f"no_{f.name}"))
+                else:
+                    args += [_flag(f.name), ",".join(value) if isinstance(value, tuple) else str(value)]
         return args
 
 
@@ -94,6 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         if command != "all" and command not in meta["roles"]:
             continue
         shown = f"{meta['help']} (env {', '.join(_env_names(f))}; default {_show(f.default)})"
+        if isinstance(f.default, bool):
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=shown)
+            continue
         parser.add_argument(
             _flag(f.name),
             dest=f.name,

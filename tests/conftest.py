@@ -129,10 +129,12 @@ async def start_gateway():
 async def gateway():
     """One running gateway under /krn, shared by the tests that only read or make their own kernels."""
     gw = Gateway("--base-path", "/krn")
-    await gw.start()
-    yield gw
-    assert await gw.stop() == 0
-    gw.cleanup()
+    try:
+        await gw.start()
+        yield gw
+        assert await gw.stop() == 0
+    finally:
+        gw.cleanup()
 
 
 @pytest.fixture(scope="session")

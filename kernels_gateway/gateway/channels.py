@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import uuid
 from typing import Any
 
 import zmq
 import zmq.asyncio
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from jupyter_client.session import Session
 
 from ..supervisor.wire import kernel_url
-from .keys import CONFIG, SUPERVISOR, WEBSOCKETS, ZMQ_CONTEXT
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
+from .keys import CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
 
 log = logging.getLogger("kernels_gateway.channels")
 
@@ -25,8 +27,9 @@ NUDGE_TIMEOUT = 10.0
 class KernelConnection:
     """One websocket's own ZMQ sockets to one kernel, and the session that signs what the client sends."""
 
-    def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any]):
+    def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any], ws: web.WebSocketResponse):
         self.kernel_id = kernel_id
+        self.ws = ws
         self._context = context
         self._info = info
         self.session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
@@ -40,6 +43,10 @@ class KernelConnection:
             "iopub": self._connect("iopub", zmq.SUB),
         }
         self.sockets["iopub"].subscribe(b"")
+        # Kernel states that iopub cannot carry (restarting, dead), pushed by the supervisor.
+        self.states: asyncio.Queue[str] = asyncio.Queue()
+        self.last_iopub_header: bytes | None = None  # what to tell the supervisor we last delivered
+        self._replayed: set[str] = set()  # msg_ids sent from the replay buffer, not to be sent twice
 
     def _connect(self, channel: str, kind: int, identity: bytes | None = None) -> zmq.asyncio.Socket:
         sock = self._context.socket(kind)
@@ -75,14 +82,20 @@ class KernelConnection:
         while await iopub.poll(0):
             await iopub.recv_multipart()
 
-    async def relay(self, ws: web.WebSocketResponse) -> None:
+    async def replay(self, missed: list[list[bytes]]) -> None:
+        """Send what the client's session missed while away, before anything live."""
+        for parts in missed:
+            self._replayed.add(json.loads(parts[0]).get("msg_id"))
+            await self._send("iopub", parts)
+
+    async def relay(self) -> None:
         """Carry messages both ways until the websocket closes or a kernel socket fails."""
-        v1 = ws.ws_protocol == V1_PROTOCOL
         tasks = [
-            asyncio.create_task(self._to_client(channel, sock, ws, v1), name=f"{channel}-to-client")
+            asyncio.create_task(self._to_client(channel, sock), name=f"{channel}-to-client")
             for channel, sock in self.sockets.items()
         ]
-        tasks.append(asyncio.create_task(self._from_client(ws, v1), name="from-client"))
+        tasks.append(asyncio.create_task(self._states_to_client(), name="states-to-client"))
+        tasks.append(asyncio.create_task(self._from_client(), name="from-client"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -93,48 +106,68 @@ class KernelConnection:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _to_client(self, channel: str, sock: zmq.asyncio.Socket, ws: web.WebSocketResponse, v1: bool) -> None:
+    async def _send(self, channel: str, body: list[bytes]) -> None:
+        """body: header, parent_header, metadata, content, *buffers, as the kernel wrote them."""
+        if self.ws.ws_protocol == V1_PROTOCOL:
+            await self.ws.send_frame(encode_v1(channel, body), WSMsgType.BINARY)
+        else:
+            payload, binary = encode_legacy(channel, body)
+            await self.ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+
+    async def _to_client(self, channel: str, sock: zmq.asyncio.Socket) -> None:
         while True:
             parts = await sock.recv_multipart()
             try:
                 body = parts[parts.index(DELIMITER) + 2 :]  # drop routing ids, delimiter, signature
             except ValueError:
-                log.warning("Kernel %s: message without delimiter on %s dropped", self.kernel_id, channel)
-                continue
+                body = []
             if len(body) < 4:
-                log.warning("Kernel %s: truncated message on %s dropped", self.kernel_id, channel)
+                log.warning("Kernel %s: malformed message on %s dropped", self.kernel_id, channel)
                 continue
-            if v1:
-                await ws.send_frame(encode_v1(channel, body), WSMsgType.BINARY)
-            else:
-                payload, binary = encode_legacy(channel, body)
-                await ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+            if channel == "iopub":
+                if self._replayed:
+                    # The live stream overlaps the replay only at its start; once past it, stop looking.
+                    if json.loads(body[0]).get("msg_id") in self._replayed:
+                        continue
+                    self._replayed.clear()
+                self.last_iopub_header = body[0]
+            await self._send(channel, body)
 
-    async def _from_client(self, ws: web.WebSocketResponse, v1: bool) -> None:
-        async for message in ws:
+    async def _states_to_client(self) -> None:
+        """Relay a supervisor-reported state as an iopub status message, as Jupyter Server does."""
+        while True:
+            state = await self.states.get()
+            status = self.session.msg("status", {"execution_state": state})
+            pack = self.session.pack
+            await self._send("iopub", [pack(status["header"]), pack({}), pack({}), pack(status["content"])])
+
+    async def _from_client(self) -> None:
+        async for message in self.ws:
             if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
             try:
-                self._send_to_kernel(message.data, v1)
+                self._send_to_kernel(message.data)
             except FrameError as e:
                 log.warning("Kernel %s: websocket frame dropped: %s", self.kernel_id, e)
             except (TypeError, ValueError, KeyError) as e:
                 log.warning("Kernel %s: websocket message dropped, cannot be sent: %s", self.kernel_id, e)
 
-    def _send_to_kernel(self, data: str | bytes, v1: bool) -> None:
-        if v1:
+    def _send_to_kernel(self, data: str | bytes) -> None:
+        if self.ws.ws_protocol == V1_PROTOCOL:
             if isinstance(data, str):
                 raise FrameError("text frame on the v1 protocol")
             channel, parts = decode_v1(data)
+            if channel == "iopub":
+                raise FrameError("clients cannot publish on iopub")
+            self.session.send_raw(self.sockets[channel], parts)
         else:
             channel, message = decode_legacy(data)
-        if channel == "iopub":
-            raise FrameError("clients cannot publish on iopub")
-        sock = self.sockets[channel]
-        if v1:
-            self.session.send_raw(sock, parts)
-        else:
-            self.session.send(sock, message)
+            if channel == "iopub":
+                raise FrameError("clients cannot publish on iopub")
+            self.session.send(self.sockets[channel], message)
+
+    def last_delivered_msg_id(self) -> str | None:
+        return json.loads(self.last_iopub_header).get("msg_id") if self.last_iopub_header else None
 
     def close(self) -> None:
         for sock in self.sockets.values():
@@ -142,8 +175,9 @@ class KernelConnection:
 
 
 async def channels(request: web.Request) -> web.WebSocketResponse:
-    """GET {base}/api/kernels/{kernel_id}/channels: the websocket."""
+    """GET {base}/api/kernels/{kernel_id}/channels?session_id=S: the websocket."""
     kernel_id = request.match_info["kernel_id"]
+    session_id = request.query.get("session_id") or uuid.uuid4().hex
     supervisor = request.app[SUPERVISOR]
     ws = web.WebSocketResponse(
         protocols=(V1_PROTOCOL,), max_msg_size=request.app[CONFIG].max_message_size, heartbeat=30.0
@@ -151,18 +185,38 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a websocket upgrade")
     found = await supervisor.connection_info(kernel_id)  # an unknown kernel is a 404 before the upgrade
-    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, found["connection_info"])
+    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, found["connection_info"], ws)
+    connections = request.app[CONNECTIONS].setdefault(kernel_id, set())
     try:
         await connection.nudge()
-        await ws.prepare(request)
-        await supervisor.connection_opened(kernel_id)
-        request.app[WEBSOCKETS].add(ws)
+        # Before the upgrade, so that a vanished kernel or supervisor is still a plain HTTP error.
+        missed = await supervisor.connection_opened(kernel_id, session_id)
         try:
-            await connection.relay(ws)
+            await ws.prepare(request)
+            connections.add(connection)
+            with contextlib.suppress(ConnectionResetError):
+                await connection.replay(missed)
+            await connection.relay()
         finally:
-            request.app[WEBSOCKETS].discard(ws)
-            await supervisor.connection_closed(kernel_id)
-            await ws.close()
+            connections.discard(connection)
+            await supervisor.connection_closed(kernel_id, session_id, connection.last_delivered_msg_id())
+            if ws.prepared:
+                await ws.close()
     finally:
         connection.close()
+        if not connections:
+            request.app[CONNECTIONS].pop(kernel_id, None)
     return ws
+
+
+def relay_state(app: web.Application, event: dict[str, Any]) -> None:
+    """A state change the supervisor pushed, for every websocket on that kernel."""
+    for connection in app[CONNECTIONS].get(event.get("kernel_id"), ()):
+        connection.states.put_nowait(event.get("execution_state"))
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown, tell every client the server is going away (1001) rather than just dropping it."""
+    for connections in list(app[CONNECTIONS].values()):
+        for connection in list(connections):
+            await connection.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
