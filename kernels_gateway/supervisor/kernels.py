@@ -440,8 +440,10 @@ class Kernels:
         await provisioner.load_provisioner_info(info)
         if isinstance(provisioner, LocalProvisioner) and pid:
             provisioner.process = AdoptedProcess(pid)
+        # What start_kernel would have set, had this manager started the kernel: restart needs them.
         manager.provisioner = provisioner
         manager._launch_args = {"env": self._kernel_env(record["env"]), "independent": True}
+        manager._attempted_start = True
         manager._connect_control_socket()
         if not await manager.is_alive():
             return None
