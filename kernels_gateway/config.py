@@ -18,6 +18,21 @@ def _opt(default, help: str, roles=BOTH, kg: str | None = None, env: str | None 
     return field(default=default, metadata={"help": help, "roles": roles, "kg": kg, "env": env, "flag": flag, **kw})
 
 
+def pool_sizes(entries: tuple[str, ...], default_name: str) -> tuple[tuple[str, int], ...]:
+    """`--pool` entries as (kernelspec, size) pairs: none is an empty pool, nothing is one default kernel."""
+    if not entries:
+        return ((default_name, 1),)
+    sizes = []
+    for entry in entries:
+        if entry.lower() == "none":
+            continue
+        name, _, size = entry.rpartition("=")
+        if not name or not size.isdigit():
+            raise SystemExit(f"kernels-gateway: --pool takes NAME=N, not {entry!r}")
+        sizes.append((name, int(size)))
+    return tuple(sizes)
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -69,6 +84,10 @@ class Config:
     cull_interval: float = _opt(300.0, "seconds between two checks for idle kernels", (SUPERVISOR,))
     cull_connected: bool = _opt(False, "cull idle kernels even when a websocket is connected", (SUPERVISOR,))
     cull_busy: bool = _opt(False, "cull kernels that are busy (idle means: no iopub message)", (SUPERVISOR,))
+    pool: tuple[str, ...] = _opt(
+        (), "warm kernels kept ready, as NAME=N (repeatable, or comma-separated); none for no pool "
+        "(default: one of the default kernelspec)", (SUPERVISOR,), parse=_csv, repeat=True,
+    )
     replay_bytes: int = _opt(
         8 << 20, "iopub bytes kept per kernel for clients that reconnect with the same session_id", (SUPERVISOR,)
     )
@@ -117,6 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument(
             _flag(f.name),
             dest=f.name,
+            action="extend" if meta.get("repeat") else "store",
             type=_parser_for(f),
             choices=meta.get("choices"),
             default=argparse.SUPPRESS,
@@ -128,7 +148,8 @@ def from_namespace(ns: argparse.Namespace, environ=os.environ) -> Config:
     values = {}
     for f in fields(Config):
         if hasattr(ns, f.name):
-            values[f.name] = getattr(ns, f.name)
+            value = getattr(ns, f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
             continue
         name = next((n for n in _env_names(f) if n in environ), None)
         if name is None:

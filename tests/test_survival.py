@@ -278,7 +278,77 @@ async def test_stop_closes_websockets_with_1001(start_gateway, http):
     sock = await KernelSocket.open(http, gw, model["id"])
     stopping = asyncio.create_task(gw.stop())
     frame = await sock.ws.receive(timeout=20)
+    while frame.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):  # the nudge's last status
+        frame = await sock.ws.receive(timeout=20)
     assert frame.type == aiohttp.WSMsgType.CLOSE and frame.data == 1001
     assert await stopping == 0
     assert kernel_pids(gw.runtime_dir) == []
     assert not [pid for pid in children(gw.process.pid)]
+
+
+def kernel_ids_by_pid(runtime_dir: Path) -> dict[int, str]:
+    """Each kernel process with the id in its connection file's name."""
+    found = {}
+    for pid in kernel_pids(runtime_dir):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        found[pid] = cmdline.split(f"{runtime_dir}/kernel-")[1][:36]
+    return found
+
+
+async def _spares(gw, count: int):
+    pids = kernel_pids(gw.runtime_dir)
+    return pids if len(pids) == count else None
+
+
+async def test_warm_pool_hands_out_ready_kernels_and_refills(start_gateway, http):
+    gw = await start_gateway("--initial-kernels", "0", "--pool", "python3=1")
+    await eventually(lambda: _logged(gw, "Warm kernel ready"))
+    [spare] = kernel_pids(gw.runtime_dir)
+    status, kernels = await json_of(http, "GET", f"{gw.url}/api/kernels")
+    assert kernels == []  # warm kernels are not listed
+    status, model = await json_of(http, "POST", f"{gw.url}/api/kernels", json={"name": "python3"})
+    assert status == 201 and model["execution_state"] == "idle"
+    assert kernel_ids_by_pid(gw.runtime_dir)[spare] == model["id"]  # the warm process, under a new id
+    await eventually(lambda: _spares(gw, 2))  # refilled
+
+    status, cold = await json_of(http, "POST", f"{gw.url}/api/kernels", json={"env": {"KERNEL_X": "cold"}})
+    assert status == 201
+    sock = await KernelSocket.open(http, gw, cold["id"])
+    _, stdout = await sock.execute("import os; print(os.environ['KERNEL_X'])")
+    assert stdout == "cold\n"  # a request with env never gets a warm kernel
+    await sock.close()
+    assert len(kernel_pids(gw.runtime_dir)) == 3
+    assert await gw.stop() == 0
+    assert kernel_pids(gw.runtime_dir) == []
+
+
+async def test_killed_kernel_takes_over_a_warm_spare(start_gateway, http):
+    gw = await start_gateway("--initial-kernels", "0", "--pool", "python3=1")
+    await eventually(lambda: _logged(gw, "Warm kernel ready"))
+    status, model = await json_of(http, "POST", f"{gw.url}/api/kernels", json={})
+    await eventually(lambda: _warm_kernels(gw, 2))
+    [spare] = [pid for pid, kid in (await eventually(lambda: _by_pid_when(gw, 2))).items() if kid != model["id"]]
+    sock = await KernelSocket.open(http, gw, model["id"], v1=True)
+    await sock.execute("x = 1")
+    victim = next(pid for pid, kid in kernel_ids_by_pid(gw.runtime_dir).items() if kid == model["id"])
+    os.kill(victim, signal.SIGKILL)
+    await wait_for_status(sock, "restarting")
+    reply, _ = await eventually(lambda: sock.execute("print(x)"))
+    assert reply["content"]["ename"] == "NameError"  # a fresh process answers on the same websocket
+    _, stdout = await sock.execute("import os; print(os.getpid())")
+    assert int(stdout) == spare
+    status, after = await json_of(http, "GET", f"{gw.url}/api/kernels/{model['id']}")
+    assert after["id"] == model["id"] and after["execution_state"] == "idle"
+    await eventually(lambda: _spares(gw, 2))  # the pool refills
+    await sock.close()
+    assert await gw.stop() == 0
+    assert kernel_pids(gw.runtime_dir) == []
+
+
+async def _warm_kernels(gw, count: int) -> bool:
+    return gw.log().count("Warm kernel ready") >= count
+
+
+async def _by_pid_when(gw, count: int):
+    found = kernel_ids_by_pid(gw.runtime_dir)
+    return found if len(found) == count else None

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..config import Config
 from ..supervisor.client import SupervisorClient
 from . import handlers
-from .channels import channels, close_all, relay_state
+from .channels import channels, close_all, relay_event
 from .errors import json_errors
 from .keys import CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
 
@@ -37,7 +37,7 @@ def routes(base: str) -> list[web.RouteDef]:
 async def supervisor_client(app: web.Application) -> AsyncIterator[None]:
     """The connection to the supervisor, and the task that follows its kernel state events."""
     app[SUPERVISOR] = SupervisorClient(app[CONFIG].socket_path)
-    events = asyncio.create_task(app[SUPERVISOR].follow(lambda event: relay_state(app, event)))
+    events = asyncio.create_task(app[SUPERVISOR].follow(lambda event: relay_event(app, event)))
     yield
     events.cancel()
     await asyncio.gather(events, return_exceptions=True)

@@ -22,6 +22,7 @@ log = logging.getLogger("kernels_gateway.channels")
 
 DELIMITER = b"<IDS|MSG>"
 NUDGE_TIMEOUT = 10.0
+MAX_HELD = 1000
 
 
 class KernelConnection:
@@ -31,6 +32,16 @@ class KernelConnection:
         self.kernel_id = kernel_id
         self.ws = ws
         self._context = context
+        self._open_sockets(info)
+        # Kernel events that iopub cannot carry, pushed by the supervisor: a state (restarting, dead)
+        # or new connection info (a warm kernel took over from a dead one).
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.last_iopub_header: bytes | None = None  # what to tell the supervisor we last delivered
+        self._replayed: set[str] = set()  # msg_ids sent from the replay buffer, not to be sent twice
+        # Client frames that arrive while the kernel restarts wait here for the new process.
+        self._held: list[str | bytes] | None = None
+
+    def _open_sockets(self, info: dict[str, Any]) -> None:
         self._info = info
         self.session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
         # A fresh identity per websocket: two connections of one client session must not collide
@@ -43,10 +54,6 @@ class KernelConnection:
             "iopub": self._connect("iopub", zmq.SUB),
         }
         self.sockets["iopub"].subscribe(b"")
-        # Kernel states that iopub cannot carry (restarting, dead), pushed by the supervisor.
-        self.states: asyncio.Queue[str] = asyncio.Queue()
-        self.last_iopub_header: bytes | None = None  # what to tell the supervisor we last delivered
-        self._replayed: set[str] = set()  # msg_ids sent from the replay buffer, not to be sent twice
 
     def _connect(self, channel: str, kind: int, identity: bytes | None = None) -> zmq.asyncio.Socket:
         sock = self._context.socket(kind)
@@ -89,22 +96,32 @@ class KernelConnection:
             await self._send("iopub", parts)
 
     async def relay(self) -> None:
-        """Carry messages both ways until the websocket closes or a kernel socket fails."""
-        tasks = [
-            asyncio.create_task(self._to_client(channel, sock), name=f"{channel}-to-client")
-            for channel, sock in self.sockets.items()
-        ]
-        tasks.append(asyncio.create_task(self._states_to_client(), name="states-to-client"))
-        tasks.append(asyncio.create_task(self._from_client(), name="from-client"))
+        """Carry messages both ways until the websocket closes or a kernel socket fails; when the kernel
+        moves to new connection info, move this websocket's sockets with it."""
+        from_client = asyncio.create_task(self._from_client(), name="from-client")
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if not task.cancelled() and task.exception():
-                    log.error("Kernel %s: relay failed", self.kernel_id, exc_info=task.exception())
+            while True:
+                events = asyncio.create_task(self._events_to_client(), name="events-to-client")
+                readers = [
+                    asyncio.create_task(self._to_client(channel, sock), name=f"{channel}-to-client")
+                    for channel, sock in self.sockets.items()
+                ]
+                try:
+                    done, _ = await asyncio.wait([from_client, events, *readers], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (events, *readers):
+                        task.cancel()
+                    await asyncio.gather(events, *readers, return_exceptions=True)
+                restarted = events in done and not events.cancelled() and not events.exception()
+                if not restarted:
+                    for task in done:
+                        if not task.cancelled() and task.exception():
+                            log.error("Kernel %s: relay failed", self.kernel_id, exc_info=task.exception())
+                    return
+                await self._follow_restart(events.result())
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            from_client.cancel()
+            await asyncio.gather(from_client, return_exceptions=True)
 
     async def _send(self, channel: str, body: list[bytes]) -> None:
         """body: header, parent_header, metadata, content, *buffers, as the kernel wrote them."""
@@ -133,24 +150,53 @@ class KernelConnection:
                 self.last_iopub_header = body[0]
             await self._send(channel, body)
 
-    async def _states_to_client(self) -> None:
-        """Relay a supervisor-reported state as an iopub status message, as Jupyter Server does."""
+    async def _events_to_client(self) -> dict[str, Any]:
+        """Relay supervisor-reported states as iopub status messages, as Jupyter Server does; return
+        the connection info of the process that replaced a dead one."""
         while True:
-            state = await self.states.get()
+            event = await self.events.get()
+            if "connection_info" in event:
+                return event["connection_info"]
+            state = event.get("execution_state")
+            if state == "restarting":
+                self._held = []
+            elif state == "dead" and self._held:
+                log.warning("Kernel %s is dead: %d held messages dropped", self.kernel_id, len(self._held))
+                self._held = None
             status = self.session.msg("status", {"execution_state": state})
             pack = self.session.pack
             await self._send("iopub", [pack(status["header"]), pack({}), pack({}), pack(status["content"])])
+
+    async def _follow_restart(self, info: dict[str, Any]) -> None:
+        """The kernel runs again. A process restarted in place keeps its endpoints, and ZMQ reconnects
+        these sockets by itself (delivering what was queued); a warm kernel that took over has new
+        ones and a new key, so the sockets move. Either way iopub is nudged anew, then held frames go."""
+        if info != self._info:
+            self.close()
+            self._open_sockets(info)
+        await self.nudge()
+        held, self._held = self._held or [], None
+        for data in held:
+            self._forward(data)
 
     async def _from_client(self) -> None:
         async for message in self.ws:
             if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
-            try:
-                self._send_to_kernel(message.data)
-            except FrameError as e:
-                log.warning("Kernel %s: websocket frame dropped: %s", self.kernel_id, e)
-            except (TypeError, ValueError, KeyError) as e:
-                log.warning("Kernel %s: websocket message dropped, cannot be sent: %s", self.kernel_id, e)
+            if self._held is None:
+                self._forward(message.data)
+            elif len(self._held) < MAX_HELD:
+                self._held.append(message.data)
+            else:
+                log.warning("Kernel %s: restarting, and %d frames wait already: frame dropped", self.kernel_id, MAX_HELD)
+
+    def _forward(self, data: str | bytes) -> None:
+        try:
+            self._send_to_kernel(data)
+        except FrameError as e:
+            log.warning("Kernel %s: websocket frame dropped: %s", self.kernel_id, e)
+        except (TypeError, ValueError, KeyError) as e:
+            log.warning("Kernel %s: websocket message dropped, cannot be sent: %s", self.kernel_id, e)
 
     def _send_to_kernel(self, data: str | bytes) -> None:
         if self.ws.ws_protocol == V1_PROTOCOL:
@@ -209,10 +255,10 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def relay_state(app: web.Application, event: dict[str, Any]) -> None:
-    """A state change the supervisor pushed, for every websocket on that kernel."""
+def relay_event(app: web.Application, event: dict[str, Any]) -> None:
+    """A kernel event the supervisor pushed, for every websocket on that kernel."""
     for connection in app[CONNECTIONS].get(event.get("kernel_id"), ()):
-        connection.states.put_nowait(event.get("execution_state"))
+        connection.events.put_nowait(event)
 
 
 async def close_all(app: web.Application) -> None:

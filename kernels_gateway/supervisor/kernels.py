@@ -29,6 +29,7 @@ from jupyter_client.provisioning import KernelProvisionerFactory, LocalProvision
 
 from .activity import IOPub, ReplayLimits
 from .errors import BadRequest, KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
+from .pool import WarmPool
 from .process import AdoptedProcess, exited, start_time
 from .records import Records
 from .wire import kernel_url
@@ -59,6 +60,7 @@ class KernelSettings:
     cull_interval: float = 300.0
     cull_connected: bool = False
     cull_busy: bool = False
+    pool: tuple[tuple[str, int], ...] = ()  # warm kernels per kernelspec
 
 
 @dataclass(eq=False)
@@ -107,6 +109,7 @@ class Kernels:
         self._kernels: dict[str, Kernel] = {}
         self._starting = 0
         self._zmq = zmq.asyncio.Context()
+        self.pool = WarmPool(dict(settings.pool), self._launch_spare, self._discard)
 
     # -- kernelspecs -------------------------------------------------------------------------
 
@@ -147,33 +150,40 @@ class Kernels:
             raise KernelLimit(f"A max kernels limit of {limit} has been set and reached")
         self._starting += 1
         try:
-            kernel = await self._launch(name, requested)
+            # A warm kernel has the supervisor's environment; a request that sets env needs a cold start.
+            kernel = None if requested else await self.pool.take(name)
+            kernel = kernel or await self._launch(name, requested)
+            await self._register(kernel)
         finally:
             self._starting -= 1
         log.info("Kernel started: %s", kernel.id)
         return kernel
 
-    async def _launch(self, name: str, requested: dict[str, str]) -> Kernel:
+    async def _launch(self, name: str, requested: dict[str, str], pooled: bool = False) -> Kernel:
+        """A started kernel that has answered kernel_info, not yet registered."""
         kernel_id = str(uuid.uuid4())
         kernel = Kernel(id=kernel_id, name=name, manager=self._manager(kernel_id, name),
                         iopub=IOPub(kernel_id, self.settings.replay), requested_env=requested)
         try:
             # independent: no JPY_PARENT_PID, so the kernel does not exit with the supervisor.
             await kernel.manager.start_kernel(env=self._kernel_env(requested), independent=True)
-        except Exception as e:
-            await self._discard(kernel)
-            raise KernelStartFailed(f"Kernel {name} failed to start: {e}") from e
-        self._kernels[kernel_id] = kernel
-        kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel_id}")
-        try:
+            kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel_id}")
             await self._wait_ready(kernel)
-        except Exception as e:
-            self._kernels.pop(kernel_id, None)
+            await self._save_record(kernel, pooled)
+        except BaseException as e:  # cancelled included: a half-started kernel must not be left running
             await self._discard(kernel)
-            raise KernelStartFailed(f"Kernel {name} failed to start: {e}") from e
-        await self._save_record(kernel)
-        kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel_id}")
+            if isinstance(e, Exception):
+                raise KernelStartFailed(f"Kernel {name} failed to start: {e}") from e
+            raise
         return kernel
+
+    async def _launch_spare(self, name: str) -> Kernel:
+        return await self._launch(name, {}, pooled=True)
+
+    async def _register(self, kernel: Kernel) -> None:
+        self._kernels[kernel.id] = kernel
+        await self._save_record(kernel)
+        kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel.id}")
 
     def _manager(self, kernel_id: str, name: str) -> AsyncKernelManager:
         manager = AsyncKernelManager(
@@ -275,24 +285,44 @@ class Kernels:
             kernel.iopub.execution_state = "dead"
             kernel.reason = f"the kernel died {kernel.quick_deaths} times in a row within {self.settings.stable_after:g} s of starting"
             log.error("Kernel %s is dead: %s", kernel.id, kernel.reason)
-            self._emit(kernel, "dead")
+            self._emit(kernel, execution_state="dead")
             return False
         log.warning("Kernel %s died; restarting it", kernel.id)
         kernel.iopub.execution_state = "restarting"
-        self._emit(kernel, "restarting")
+        self._emit(kernel, execution_state="restarting")
         kernel.started_at = time.time()
+        spare = None if kernel.requested_env else await self.pool.take(kernel.name)
         try:
-            await kernel.manager.restart_kernel(now=True)
-            await self._wait_ready(kernel)
+            if spare:
+                await self._swap_in(kernel, spare)
+            else:
+                await kernel.manager.restart_kernel(now=True)
+                await self._wait_ready(kernel)
         except Exception as e:
             log.error("Kernel %s failed to restart: %s", kernel.id, e)
             return True  # its process is gone: the keeper comes straight back here
         await self._save_record(kernel)
         log.info("Kernel restarted: %s", kernel.id)
+        self._emit(kernel, connection_info=kernel.connection_info())
         return True
 
-    def _emit(self, kernel: Kernel, execution_state: str) -> None:
-        event = {"kernel_id": kernel.id, "execution_state": execution_state}
+    async def _swap_in(self, kernel: Kernel, spare: Kernel) -> None:
+        """Give a dead kernel's id a warm kernel's process: faster than starting one. Workers learn the
+        new connection info from the event that follows every restart."""
+        dead = kernel.manager
+        with contextlib.suppress(Exception):
+            await dead.shutdown_kernel(now=True)  # reaps it and removes its files
+        for watcher in (kernel.watcher, spare.watcher):
+            if watcher:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+        self.records.remove(spare.id)
+        kernel.manager = spare.manager
+        kernel.iopub.execution_state = "idle"  # the spare answered kernel_info and has done nothing since
+        kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel.id}")
+
+    def _emit(self, kernel: Kernel, **event: Any) -> None:
+        event["kernel_id"] = kernel.id
         for listener in list(self.listeners):
             listener(event)
 
@@ -395,11 +425,12 @@ class Kernels:
 
     # -- records and adoption ------------------------------------------------------------------
 
-    async def _save_record(self, kernel: Kernel) -> None:
+    async def _save_record(self, kernel: Kernel, pooled: bool = False) -> None:
         provisioner = await kernel.manager.provisioner.get_provisioner_info()
         pid = provisioner.get("pid")
         self.records.save(kernel.id, {
             "id": kernel.id,
+            "pooled": pooled,
             "name": kernel.name,
             "connection_file": kernel.manager.connection_file,
             "env": kernel.requested_env,
@@ -418,9 +449,11 @@ class Kernels:
                 kernel = None
             if kernel is None:
                 self._forget(record)
-                continue
-            adopted += 1
-            log.info("Kernel adopted: %s", kernel.id)
+            elif record.get("pooled"):
+                await self.shutdown(kernel.id, why="shutdown (unused warm kernel)")
+            else:
+                adopted += 1
+                log.info("Kernel adopted: %s", kernel.id)
         return adopted
 
     async def _adopt(self, record: dict[str, Any]) -> Kernel | None:
@@ -467,7 +500,9 @@ class Kernels:
     # -- the end -------------------------------------------------------------------------------
 
     async def shutdown_all(self) -> None:
-        await asyncio.gather(*(self.shutdown(k) for k in list(self._kernels)), return_exceptions=True)
+        await asyncio.gather(
+            self.pool.close(), *(self.shutdown(k) for k in list(self._kernels)), return_exceptions=True
+        )
 
     def close(self) -> None:
         self._zmq.destroy(linger=0)

@@ -8,8 +8,9 @@ import os
 import signal
 
 import sdnotify
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 
-from ..config import Config
+from ..config import Config, pool_sizes
 from .activity import ReplayLimits
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
 from .server import SupervisorServer
@@ -39,6 +40,7 @@ def kernel_settings(config: Config) -> KernelSettings:
         cull_interval=config.cull_interval,
         cull_connected=config.cull_connected,
         cull_busy=config.cull_busy,
+        pool=pool_sizes(config.pool, config.default_kernel_name or NATIVE_KERNEL_NAME),
     )
 
 
@@ -69,6 +71,7 @@ async def serve(config: Config) -> None:
         if not await kernels.adopt_all():
             for _ in range(config.initial_kernels):
                 await kernels.start(config.kernel_name or None)
+        kernels.pool.start()
         if config.cull_idle_timeout > 0:
             culler = asyncio.create_task(kernels.cull(), name="culler")
         notifier.notify("READY=1")

@@ -20,6 +20,7 @@ from .kernels import Kernels
 log = logging.getLogger("kernels_gateway.supervisor")
 
 _PEERCRED = struct.Struct("3i")
+CLOSE_TIMEOUT = 2.0
 
 
 class Client:
@@ -146,9 +147,13 @@ class SupervisorServer:
             self._server.close()
         for client in list(self._clients):
             client.writer.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+        # Closing their connections ends the handlers; cancelling them would make asyncio's stream
+        # machinery log the cancellation as an error, so that is only the fallback.
+        if self._handlers:
+            _, stuck = await asyncio.wait(self._handlers, timeout=CLOSE_TIMEOUT)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         if self._server:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
