@@ -20,7 +20,7 @@ import uuid
 
 from .config import SUPERVISOR, WEB, Config
 from .gateway.server import serving_url
-from .supervisor.main import prepare_runtime_dir
+from .supervisor.main import SECRET_ENV, prepare_runtime_dir
 
 log = logging.getLogger("kernels_gateway")
 
@@ -41,8 +41,9 @@ def _die_with_parent() -> None:
 
 
 class Child:
-    def __init__(self, role: str, args: list[str], ready_timeout: float, fds: tuple[int, ...] = ()):
-        self.role, self.args, self.fds, self.ready_timeout = role, args, fds, ready_timeout
+    def __init__(self, role: str, args: list[str], env: dict[str, str], ready_timeout: float,
+                 fds: tuple[int, ...] = ()):
+        self.role, self.args, self.env, self.fds, self.ready_timeout = role, args, env, fds, ready_timeout
         self.process: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
 
@@ -53,7 +54,7 @@ class Child:
         notify.bind(address)
         notify.setblocking(False)
         try:
-            env = {**os.environ, "NOTIFY_SOCKET": "@" + address[1:]}
+            env = {**self.env, "NOTIFY_SOCKET": "@" + address[1:]}
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "kernels_gateway", self.role, *self.args,
                 env=env, pass_fds=self.fds, process_group=0, preexec_fn=_die_with_parent,
@@ -100,9 +101,13 @@ class Arbiter:
         self.config = config
         self.listener = _listen(config)
         supervisor_ready = READY_TIMEOUT + config.kernel_start_timeout * config.initial_kernels
-        self.supervisor = Child(SUPERVISOR, config.args_for(SUPERVISOR), supervisor_ready)
+        self.supervisor = Child(SUPERVISOR, config.args_for(SUPERVISOR), _child_env(config, SUPERVISOR),
+                                supervisor_ready)
         web_args = config.args_for(WEB) + ["--fd", str(self.listener.fileno())]
-        self.workers = [Child(WEB, web_args, READY_TIMEOUT, (self.listener.fileno(),)) for _ in range(config.workers)]
+        self.workers = [
+            Child(WEB, web_args, _child_env(config, WEB), READY_TIMEOUT, (self.listener.fileno(),))
+            for _ in range(config.workers)
+        ]
         self.stopping = asyncio.Event()
 
     async def run(self) -> int:
@@ -154,6 +159,13 @@ class Arbiter:
         await asyncio.gather(*(worker.stop(STOP_GRACE[WEB]) for worker in self.workers))
         await self.supervisor.stop(STOP_GRACE[SUPERVISOR] + self.config.shutdown_wait)
         self.listener.close()
+
+
+def _child_env(config: Config, role: str) -> dict[str, str]:
+    """Secrets travel as variables, and only to the role that needs them: the supervisor, parent of
+    every kernel, never holds the token."""
+    inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    return {**inherited, **config.env_for(role)}
 
 
 def _listen(config: Config) -> socket.socket:

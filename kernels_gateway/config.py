@@ -64,10 +64,40 @@ class Config:
         "", "kernelspec used when a start request names none", (SUPERVISOR,), kg="KG_DEFAULT_KERNEL_NAME"
     )
     max_kernels: int = _opt(0, "most kernels running at once (0: no limit)", (SUPERVISOR,), kg="KG_MAX_KERNELS")
+    force_kernel_name: str = _opt(
+        "", "kernelspec of every kernel, whatever a start request names", (SUPERVISOR,), kg="KG_FORCE_KERNEL_NAME"
+    )
     env_allow: tuple[str, ...] = _opt(
         (), "comma-separated names besides KERNEL_* that a start request may set in a kernel's environment",
         (SUPERVISOR,), kg="KG_ENV_WHITELIST", parse=_csv,
     )
+    env_inherit: tuple[str, ...] = _opt(
+        (), "comma-separated names kernels inherit from the gateway's environment besides PATH "
+        "(default: every name but the gateway's secrets)",
+        (SUPERVISOR,), kg="KG_ENV_PROCESS_WHITELIST", parse=_csv,
+    )
+    list_kernels: bool = _opt(True, "answer GET /api/kernels (false: 403, Kernel Gateway's default)", (WEB,),
+                              kg="KG_LIST_KERNELS")
+    auth_token: str = _opt(
+        "", "token every request must carry, as `Authorization: token T` or ?token=T (prefer the variable: "
+        "a flag shows in ps)", (WEB,), kg="KG_AUTH_TOKEN", secret=True,
+    )
+    allow_origin: tuple[str, ...] = _opt(
+        (), "comma-separated origins whose pages may use the gateway (CORS and the websocket's Origin check), "
+        "or * for any", (WEB,), kg="KG_ALLOW_ORIGIN", parse=_csv,
+    )
+    allow_credentials: bool = _opt(False, "CORS: let pages send cookies (Access-Control-Allow-Credentials)",
+                                   (WEB,), kg="KG_ALLOW_CREDENTIALS")
+    allow_headers: tuple[str, ...] = _opt(
+        ("Authorization", "Content-Type"), "CORS: comma-separated request headers pages may send, or *",
+        (WEB,), kg="KG_ALLOW_HEADERS", parse=_csv,
+    )
+    allow_methods: tuple[str, ...] = _opt(("*",), "CORS: comma-separated methods pages may use, or *", (WEB,),
+                                          kg="KG_ALLOW_METHODS", parse=_csv)
+    expose_headers: tuple[str, ...] = _opt((), "CORS: comma-separated response headers pages may read, or *",
+                                           (WEB,), kg="KG_EXPOSE_HEADERS", parse=_csv)
+    max_age: int = _opt(0, "CORS: seconds browsers may cache a preflight answer (0: not sent)", (WEB,),
+                        kg="KG_MAX_AGE")
     transport: str = _opt("ipc", "ZMQ transport between kernels and the gateway: ipc or tcp (loopback)",
                           (SUPERVISOR,), choices=("ipc", "tcp"))
     kernel_start_timeout: float = _opt(60.0, "seconds a kernel has to answer its first request", (SUPERVISOR,))
@@ -110,16 +140,24 @@ class Config:
         return f"/{stripped}" if stripped else ""
 
     def args_for(self, role: str) -> list[str]:
-        """Flags that hand this configuration to a child process playing `role`."""
+        """Flags that hand this configuration to a child process playing `role` (secrets excepted)."""
         args = []
         for f in fields(self):
-            if role in f.metadata["roles"] and f.metadata["flag"]:
+            if role in f.metadata["roles"] and f.metadata["flag"] and not f.metadata.get("secret"):
                 value = getattr(self, f.name)
                 if isinstance(value, bool):
                     args.append(_flag(f.name) if value else _flag(f"no_{f.name}"))
                 else:
                     args += [_flag(f.name), ",".join(value) if isinstance(value, tuple) else str(value)]
         return args
+
+    def env_for(self, role: str) -> dict[str, str]:
+        """The secrets a child playing `role` needs, as variables: other users can read command lines."""
+        return {
+            _env_names(f)[0]: getattr(self, f.name)
+            for f in fields(self)
+            if role in f.metadata["roles"] and f.metadata.get("secret") and getattr(self, f.name)
+        }
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:

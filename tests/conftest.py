@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -193,3 +194,21 @@ def write_kernelspec(folder: Path, name: str, argv: list[str] | None = None) -> 
     argv = argv or [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python"}))
     return spec_dir
+
+
+@pytest.fixture(scope="session")
+async def secured_gateway():
+    """A gateway with a token (given as a variable, the recommended way) that lets one page origin in:
+    shared by the auth tests and the client tests. `page_port` is where that page is served;
+    `other_port` serves the same page from an origin that is not allowed."""
+    page_port, other_port = free_port(), free_port()
+    token = secrets.token_urlsafe(24)
+    gw = Gateway("--base-path", "/krn", "--initial-kernels", "0", "--allow-origin", f"http://127.0.0.1:{page_port}",
+                 "--expose-headers", "Location", "--max-age", "600", env={"KERNELS_GATEWAY_AUTH_TOKEN": token})
+    gw.token, gw.page_port, gw.other_port = token, page_port, other_port
+    gw.page_origin = f"http://127.0.0.1:{page_port}"
+    gw.auth = {"Authorization": f"token {token}"}
+    await gw.start()
+    yield gw
+    assert await gw.stop() == 0
+    gw.cleanup()

@@ -11,6 +11,7 @@ from aiohttp import web
 from ..config import Config
 from ..supervisor.client import SupervisorClient
 from . import handlers
+from .auth import setup_cors, token_required
 from .channels import channels, close_all, relay_event
 from .errors import json_errors
 from .keys import CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
@@ -20,6 +21,7 @@ KERNEL = "/api/kernels/{kernel_id}"
 
 def routes(base: str) -> list[web.RouteDef]:
     return [
+        web.get(f"{base}/client.js", handlers.client_js),
         web.get(f"{base}/api", handlers.api_info),
         web.get(f"{base}/api/kernelspecs", handlers.list_kernelspecs),
         web.get(f"{base}/api/kernelspecs/{{name}}", handlers.get_kernelspec),
@@ -51,10 +53,12 @@ async def zmq_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_size)
+    middlewares = [json_errors] + ([token_required(config.auth_token)] if config.auth_token else [])
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_size)
     app[CONFIG] = config
     app[CONNECTIONS] = {}
     app.cleanup_ctx.extend([supervisor_client, zmq_context])
     app.on_shutdown.append(close_all)
     app.router.add_routes(routes(config.base))
+    setup_cors(app, config)
     return app

@@ -15,6 +15,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from jupyter_client.session import Session
 
 from ..supervisor.wire import kernel_url
+from .auth import origin_allowed
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
 from .keys import CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
 
@@ -230,6 +231,8 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     )
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a websocket upgrade")
+    if not origin_allowed(request, request.app[CONFIG].allow_origin):
+        raise web.HTTPForbidden(text=f"Origin {request.headers['Origin'][:200]} is not allowed (--allow-origin)")
     found = await supervisor.connection_info(kernel_id)  # an unknown kernel is a 404 before the upgrade
     connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, found["connection_info"], ws)
     connections = request.app[CONNECTIONS].setdefault(kernel_id, set())

@@ -9,7 +9,8 @@ A kernel message on ZMQ, after the `<IDS|MSG>` delimiter and the signature, is
     offset_0 = 8 * (n + 1) is where the channel starts; offset_{i+1} is where part i ends.
 
 Legacy, no subprotocol: a text frame holding one JSON object with a `channel` key, or, when the
-message has buffers, a binary frame (all integers u32 big endian)::
+message has buffers, a binary frame (all integers u32 big endian; accepted in a text frame too, since
+that is how Jupyter Server's gateway client relays it)::
 
     | nbufs | offset_0 ... offset_{nbufs-1} | JSON object | buffer... |
     offset_0 = 4 * (nbufs + 1) is where the JSON starts; the last part runs to the frame's end.
@@ -68,6 +69,10 @@ def encode_v1(channel: str, parts: list[bytes]) -> bytes:
 
 def decode_legacy(frame: str | bytes) -> tuple[str, dict[str, Any]]:
     """A legacy frame as (channel, message dict with `buffers`)."""
+    if isinstance(frame, str) and frame.startswith("\0"):
+        # Jupyter Server's gateway client (tornado) relays a browser's binary frame with the text opcode;
+        # one that was valid UTF-8 arrives as text, and its bytes are the binary layout.
+        frame = frame.encode()
     if isinstance(frame, str):
         message, buffers = _json_object(frame), []
     else:

@@ -10,11 +10,21 @@ from aiohttp import web
 
 from .. import __version__
 from ..supervisor.errors import BadRequest, KernelSpecNotFound
+from .auth import public
 from .keys import CONFIG, SUPERVISOR
+
+CLIENT_JS = Path(__file__).parent / "static" / "client.js"
 
 
 async def api_info(request: web.Request) -> web.Response:
     return web.json_response({"version": __version__})
+
+
+@public
+async def client_js(request: web.Request) -> web.FileResponse:
+    """The browser client: public, since a page imports it with <script type="module">, which can send
+    no token, and it holds nothing but code."""
+    return web.FileResponse(CLIENT_JS, headers={"Content-Type": "text/javascript; charset=utf-8"})
 
 
 # -- kernelspecs ---------------------------------------------------------------------------------
@@ -64,6 +74,8 @@ async def kernelspec_file(request: web.Request) -> web.FileResponse:
 
 
 async def list_kernels(request: web.Request) -> web.Response:
+    if not request.app[CONFIG].list_kernels:
+        raise web.HTTPForbidden(text="Listing kernels is disabled on this gateway (--list-kernels)")
     return web.json_response(await request.app[SUPERVISOR].list())
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..config import Config
 from .app import make_app
+from .auth import AccessLogger
 
 log = logging.getLogger("kernels_gateway.web")
 
@@ -24,7 +25,8 @@ def serving_url(config: Config) -> str:
 
 
 async def serve(config: Config) -> None:
-    runner = web.AppRunner(make_app(config), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(make_app(config), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           access_log_class=AccessLogger)
     await runner.setup()
     if config.fd >= 0:  # a socket inherited from the arbiter, shared with the other workers
         site: web.BaseSite = web.SockSite(runner, socket.socket(fileno=config.fd))

@@ -47,9 +47,11 @@ POLL_INTERVAL = 1.0  # for provisioners whose process we cannot watch through a 
 class KernelSettings:
     runtime_dir: Path
     default_kernel_name: str = ""
+    force_kernel_name: str = ""
     transport: str = "ipc"
     max_kernels: int = 0
     env_allow: frozenset[str] = frozenset()
+    env_inherit: frozenset[str] = frozenset()  # empty: inherit every name but the secrets
     secret_env: frozenset[str] = frozenset()
     start_timeout: float = 60.0
     shutdown_wait: float = 5.0
@@ -138,7 +140,7 @@ class Kernels:
         return list(self._kernels.values())
 
     async def start(self, name: str | None = None, env: Mapping[str, str] | None = None) -> Kernel:
-        name = name or self.default_name
+        name = self.settings.force_kernel_name or name or self.default_name
         try:
             self.specs.get_kernel_spec(name)
         except NoSuchKernel:
@@ -221,8 +223,13 @@ class Kernels:
         return allowed
 
     def _kernel_env(self, requested: Mapping[str, str]) -> dict[str, str]:
-        """The supervisor's environment without the gateway's secrets, plus the allowed requested names."""
-        env = {k: v for k, v in os.environ.items() if k not in self.settings.secret_env}
+        """The supervisor's environment (all of it, or PATH and the --env-inherit names) without the
+        gateway's secrets, plus the allowed requested names."""
+        inherit = self.settings.env_inherit
+        env = {
+            k: v for k, v in os.environ.items()
+            if k not in self.settings.secret_env and (not inherit or k in inherit or k == "PATH")
+        }
         env.pop("JPY_PARENT_PID", None)
         env.update(requested)
         return env

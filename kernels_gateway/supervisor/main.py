@@ -28,9 +28,11 @@ def kernel_settings(config: Config) -> KernelSettings:
     return KernelSettings(
         runtime_dir=config.runtime_dir,
         default_kernel_name=config.default_kernel_name,
+        force_kernel_name=config.force_kernel_name,
         transport=config.transport,
         max_kernels=config.max_kernels,
         env_allow=frozenset(config.env_allow),
+        env_inherit=frozenset(config.env_inherit),
         secret_env=SECRET_ENV,
         start_timeout=config.kernel_start_timeout,
         shutdown_wait=config.shutdown_wait,
@@ -40,7 +42,7 @@ def kernel_settings(config: Config) -> KernelSettings:
         cull_interval=config.cull_interval,
         cull_connected=config.cull_connected,
         cull_busy=config.cull_busy,
-        pool=pool_sizes(config.pool, config.default_kernel_name or NATIVE_KERNEL_NAME),
+        pool=pool_sizes(config.pool, config.force_kernel_name or config.default_kernel_name or NATIVE_KERNEL_NAME),
     )
 
 

@@ -45,3 +45,46 @@ def test_child_arguments_round_trip():
     supervisor = config(["supervisor", *c.args_for("supervisor")])
     assert web.base == "/krn" and web.runtime_dir == c.runtime_dir
     assert supervisor.max_kernels == 4 and supervisor.env_allow == ("A", "B")
+
+
+KERNEL_GATEWAY_NAMES = {
+    "KG_PORT": ("port", "9000", 9000),
+    "KG_IP": ("ip", "0.0.0.0", "0.0.0.0"),
+    "KG_BASE_URL": ("base", "/kg/", "/kg"),
+    "KG_AUTH_TOKEN": ("auth_token", "t0k", "t0k"),
+    "KG_ALLOW_ORIGIN": ("allow_origin", "*", ("*",)),
+    "KG_ALLOW_CREDENTIALS": ("allow_credentials", "true", True),
+    "KG_ALLOW_HEADERS": ("allow_headers", "Content-Type, X-A", ("Content-Type", "X-A")),
+    "KG_ALLOW_METHODS": ("allow_methods", "GET,POST", ("GET", "POST")),
+    "KG_EXPOSE_HEADERS": ("expose_headers", "Location", ("Location",)),
+    "KG_MAX_AGE": ("max_age", "60", 60),
+    "KG_MAX_KERNELS": ("max_kernels", "3", 3),
+    "KG_DEFAULT_KERNEL_NAME": ("default_kernel_name", "ir", "ir"),
+    "KG_FORCE_KERNEL_NAME": ("force_kernel_name", "ir", "ir"),
+    "KG_LIST_KERNELS": ("list_kernels", "False", False),
+    "KG_ENV_WHITELIST": ("env_allow", "A,B", ("A", "B")),
+    "KG_ENV_PROCESS_WHITELIST": ("env_inherit", "HOME,LANG", ("HOME", "LANG")),
+    "KG_PRESPAWN_COUNT": ("initial_kernels", "4", 4),
+}
+
+
+@pytest.mark.parametrize("name", KERNEL_GATEWAY_NAMES)
+def test_kernel_gateway_names(name):
+    attribute, value, expected = KERNEL_GATEWAY_NAMES[name]
+    assert getattr(config([], {name: value}), attribute) == expected
+
+
+def test_every_option_has_a_flag_and_a_variable():
+    c = config(["--auth-token", "t", "--allow-origin", "http://a,http://b", "--max-age", "5"])
+    assert (c.auth_token, c.allow_origin, c.max_age) == ("t", ("http://a", "http://b"), 5)
+    assert config([], {"KERNELS_GATEWAY_LIST_KERNELS": "no"}).list_kernels is False
+    assert config([], {"KERNELS_GATEWAY_ENV_INHERIT": "X"}).env_inherit == ("X",)
+
+
+def test_secrets_travel_as_variables_only():
+    c = config(["--auth-token", "s3cret", "--allow-origin", "*"])
+    assert "s3cret" not in c.args_for("web") and "--allow-origin" in c.args_for("web")
+    assert c.env_for("web") == {"KERNELS_GATEWAY_AUTH_TOKEN": "s3cret"}
+    assert c.env_for("supervisor") == {}
+    assert config(["web", *c.args_for("web")], c.env_for("web")).auth_token == "s3cret"
+    assert config([]).env_for("web") == {}

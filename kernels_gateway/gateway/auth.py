@@ -1,0 +1,105 @@
+"""Who may call the gateway: the token every request carries, and the origins whose pages may call it.
+
+Kernel Gateway answers 401 to a missing and to a wrong token alike, Jupyter Server 403 to both. Here a
+missing token is 401 (with WWW-Authenticate, as RFC 9110 wants) and a wrong one 403, so a client can tell
+"say who you are" from "you are refused". CORS preflights carry no credentials by design, so they are
+never asked for the token (Kernel Gateway 3 refuses them once a token is set, which locks pages out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import urlsplit
+
+import aiohttp_cors
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
+
+from ..config import Config
+
+SCHEME = "token"
+
+
+def public(handler):
+    """Mark a handler that needs no token: only what anyone may fetch, never a kernel."""
+    handler.public = True
+    return handler
+
+
+def _digest(token: str) -> bytes:
+    # Comparing digests keeps the comparison's time independent of the token's length too.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def offered_token(request: web.Request) -> str | None:
+    """The token in `?token=` (all a browser's websocket can send) or in `Authorization: token T`."""
+    if "token" in request.query:
+        return request.query["token"]
+    scheme, _, value = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    if scheme.lower() == SCHEME and value.strip():
+        return value.strip()
+    return None
+
+
+def token_required(token: str):
+    expected = _digest(token)
+
+    @web.middleware
+    async def require_token(request: web.Request, handler) -> web.StreamResponse:
+        if request.method == hdrs.METH_OPTIONS or getattr(request.match_info.handler, "public", False):
+            return await handler(request)
+        offered = offered_token(request)
+        if offered is None:
+            raise web.HTTPUnauthorized(
+                text="Authentication required: send `Authorization: token T` or ?token=T",
+                headers={hdrs.WWW_AUTHENTICATE: SCHEME},
+            )
+        if not hmac.compare_digest(_digest(offered), expected):
+            raise web.HTTPForbidden(text="Invalid token")
+        return await handler(request)
+
+    return require_token
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Whether a websocket may open: browsers apply no CORS to websockets, so the route checks itself.
+
+    No Origin header means no browser (scripts, Jupyter Server, Node); the same origin as the gateway's
+    own is always fine; any other page must be on the allow-list.
+    """
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None or "*" in allowed or origin in allowed:
+        return True
+    return urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def setup_cors(app: web.Application, config: Config) -> None:
+    """CORS for every route, for the --allow-origin pages; without origins, no CORS at all."""
+    if not config.allow_origin:
+        return
+
+    def star_or(values: tuple[str, ...]):
+        return "*" if "*" in values else values
+
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=config.allow_credentials,
+        allow_headers=star_or(config.allow_headers),
+        allow_methods=star_or(config.allow_methods),
+        expose_headers=star_or(config.expose_headers),
+        max_age=config.max_age or None,
+    )
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in config.allow_origin})
+    for resource in list(app.router.resources()):
+        cors.add(resource)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, like aiohttp's own, but never with the token of a `?token=` query."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        url = request.rel_url
+        if "token" in url.query:
+            url = url.update_query(token="redacted")
+        self.logger.info('%s "%s %s" %s %s %.3fs "%s"', request.remote, request.method, url, response.status,
+                         response.body_length, time, request.headers.get(hdrs.USER_AGENT, "-"))
