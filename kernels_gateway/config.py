@@ -72,8 +72,8 @@ class Config:
         (SUPERVISOR,), kg="KG_ENV_WHITELIST", parse=_csv,
     )
     env_inherit: tuple[str, ...] = _opt(
-        (), "comma-separated names kernels inherit from the gateway's environment besides PATH "
-        "(default: every name but the gateway's secrets)",
+        (), "comma-separated names that, with PATH, are all kernels inherit from the gateway's environment "
+        "(unset: everything but the gateway's secrets)",
         (SUPERVISOR,), kg="KG_ENV_PROCESS_WHITELIST", parse=_csv,
     )
     list_kernels: bool = _opt(True, "answer GET /api/kernels (false: 403, Kernel Gateway's default)", (WEB,),
