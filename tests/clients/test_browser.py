@@ -75,11 +75,31 @@ async def test_page_on_another_origin_runs_code(page, page_servers, secured_gate
     await expect(output).to_contain_text("NameError: name 'survivor' is not defined", timeout=TIMEOUT)
     assert kernel_id in await kernel_ids(gw, http), "a restart keeps the kernel's id"
 
+    # A second connection from the same page, through client.js alone: attach to the running kernel.
+    attached = await page.evaluate(ATTACH_AND_RUN, [gw.url, gw.token, kernel_id])
+    assert attached["status"] == "ok" and attached["language"] == "python"
+    stream, result = attached["outputs"]
+    assert stream == {"output_type": "stream", "name": "stdout", "text": "attached\n"}
+    assert result["output_type"] == "execute_result" and result["data"] == {"text/plain": "2"}
+    assert attached["unknown"] == "GatewayError 404"
+
     await page.click("#shutdown")
     await expect(page.locator("#status")).to_have_text("dead", timeout=TIMEOUT)
     assert kernel_id not in await kernel_ids(gw, http)
     assert await page.locator("#message").text_content() == ""
     assert not [m for m in page.console_messages if "error" in m.lower()], page.console_messages
+
+
+ATTACH_AND_RUN = """async ([url, token, kernelId]) => {
+    const { Gateway } = await import(url + "/client.js");
+    const gateway = new Gateway(url, { token });
+    const kernel = await gateway.attach(kernelId);
+    const outputs = [];
+    const reply = await kernel.execute("print('attached')\\n1 + 1", { onOutput: (output) => outputs.push(output) });
+    kernel.close();
+    const unknown = await gateway.attach("no-such-kernel").catch((error) => `${error.name} ${error.status}`);
+    return { status: reply.status, language: kernel.info.language_info.name, outputs, unknown };
+}"""
 
 
 async def test_page_from_an_origin_not_allowed_is_refused(page, page_servers, secured_gateway, http):
