@@ -8,6 +8,7 @@ import signal
 
 from playwright.async_api import expect
 
+from ..conftest import kernel_pids
 from ..test_process import children
 
 TIMEOUT = 60_000  # ms: kernels start slowly on a busy machine
@@ -171,3 +172,39 @@ async def stop_worker(gw) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"no new web worker:\n{gw.log()}")
+
+
+async def test_client_reports_a_kernel_that_dies(page, page_servers, secured_gateway, start_gateway, http):
+    """The gateway restarts a kernel that dies and gives up on one that keeps dying: the page hears
+    `restarting`, then `dead`, from the gateway itself, and the cell that was running fails."""
+    gw = await start_gateway("--initial-kernels", "0", "--pool", "none", "--restart-limit", "1",
+                             "--allow-origin", page_servers["allowed"],
+                             env={"KERNELS_GATEWAY_AUTH_TOKEN": secured_gateway.token})
+    gw.token, gw.auth = secured_gateway.token, secured_gateway.auth
+    await open_page(page, page_servers["allowed"], gw)
+    await start_kernel(page, gw, http)
+    await page.evaluate(RECORD_STATUSES)
+    await run(page, "import time\nprint('running', flush=True)\ntime.sleep(60)")
+    await expect(page.locator("#output")).to_have_text("running\n", timeout=TIMEOUT)
+
+    assert await kill_kernel(page, gw) == "restarting"
+    await expect(page.locator("#message")).to_have_text("the kernel is restarting", timeout=TIMEOUT)
+    await expect(page.locator("#status")).to_have_text("idle", timeout=TIMEOUT)
+
+    # Two quick deaths in a row exceed --restart-limit 1 (the first death may not count as quick).
+    if await kill_kernel(page, gw) == "restarting":
+        await expect(page.locator("#status")).to_have_text("idle", timeout=TIMEOUT)
+        assert await kill_kernel(page, gw) == "dead"
+    await expect(page.locator("#status")).to_have_text("dead", timeout=TIMEOUT)
+    await expect(page.locator("#run")).to_be_disabled()
+
+
+async def kill_kernel(page, gw) -> str:
+    """SIGKILL the kernel's process; what the gateway tells the page next: restarting or dead."""
+    already = len(await page.evaluate("window.seenStatuses"))
+    (pid,) = kernel_pids(gw.runtime_dir)
+    os.kill(pid, signal.SIGKILL)
+    news = await page.wait_for_function(
+        "(n) => window.seenStatuses.slice(n).find((s) => s === 'restarting' || s === 'dead')",
+        arg=already, timeout=TIMEOUT)
+    return await news.json_value()

@@ -12,7 +12,8 @@
 
 const PROTOCOL_VERSION = "5.3";
 const READY_TIMEOUT_MS = 30000;
-const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 4000];
+// About a minute in all: long enough for a web worker to be restarted on a busy machine.
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000, 8000, 8000, 8000, 8000, 8000];
 
 /** An HTTP error answered by the gateway: `status` and the gateway's `message`. */
 export class GatewayError extends Error {
@@ -164,7 +165,15 @@ export class Kernel extends EventTarget {
   }
 
   _receive(msg) {
-    if (msg.channel === "iopub" && msg.header.msg_type === "status") this._setStatus(msg.content.execution_state);
+    if (msg.channel === "iopub" && msg.header.msg_type === "status") {
+      const state = msg.content.execution_state;
+      // The gateway announces a kernel that died (and is being restarted) or is given up on:
+      // what was running in it will never answer.
+      if ((state === "restarting" || state === "dead") && state !== this.status) {
+        this._failPending(new Error(`the kernel is ${state}`));
+      }
+      this._setStatus(state);
+    }
     const request = this._pending.get(msg.parent_header && msg.parent_header.msg_id);
     if (!request) return;
     if (msg.channel === "iopub") {
