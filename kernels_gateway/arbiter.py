@@ -21,6 +21,7 @@ import uuid
 from .config import SUPERVISOR, WEB, Config
 from .gateway.server import serving_url
 from .supervisor.main import prepare_runtime_dir
+from .systemd import Notifier
 
 log = logging.getLogger("kernels_gateway")
 
@@ -53,7 +54,9 @@ class Child:
         notify.bind(address)
         notify.setblocking(False)
         try:
-            env = {**os.environ, "NOTIFY_SOCKET": "@" + address[1:]}
+            # The child reports to us; the watchdog of the service manager above us is ours alone.
+            env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_USEC", "WATCHDOG_PID")}
+            env["NOTIFY_SOCKET"] = "@" + address[1:]
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "kernels_gateway", self.role, *self.args,
                 env=env, pass_fds=self.fds, process_group=0, preexec_fn=_die_with_parent,
@@ -109,25 +112,28 @@ class Arbiter:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        try:
-            await self.supervisor.start()
-            # A supervisor restarted later must not start the launch kernels a second time.
-            restarted = dataclasses.replace(self.config, initial_kernels=0)
-            self.supervisor.args = restarted.args_for(SUPERVISOR)
-            self.supervisor.ready_timeout = READY_TIMEOUT
-            await asyncio.gather(*(worker.start() for worker in self.workers))
-        except ChildFailed as e:
-            log.error("Cannot start: %s", e)
+        async with Notifier() as notifier:  # the arbiter itself may run under a service manager
+            try:
+                await self.supervisor.start()
+                # A supervisor restarted later must not start the launch kernels a second time.
+                restarted = dataclasses.replace(self.config, initial_kernels=0)
+                self.supervisor.args = restarted.args_for(SUPERVISOR)
+                self.supervisor.ready_timeout = READY_TIMEOUT
+                await asyncio.gather(*(worker.start() for worker in self.workers))
+            except ChildFailed as e:
+                log.error("Cannot start: %s", e)
+                await self.stop()
+                return 1
+            log.info("Serving at %s", serving_url(self.config))
+            notifier.ready()
+            watchers = [asyncio.create_task(self._keep_alive(child)) for child in [self.supervisor, *self.workers]]
+            stopped = asyncio.create_task(self.stopping.wait())
+            done, _ = await asyncio.wait([stopped, *watchers], return_when=asyncio.FIRST_COMPLETED)
+            notifier.stopping()
+            for task in [stopped, *watchers]:
+                task.cancel()
+            await asyncio.gather(stopped, *watchers, return_exceptions=True)
             await self.stop()
-            return 1
-        log.info("Serving at %s", serving_url(self.config))
-        watchers = [asyncio.create_task(self._keep_alive(child)) for child in [self.supervisor, *self.workers]]
-        stopped = asyncio.create_task(self.stopping.wait())
-        done, _ = await asyncio.wait([stopped, *watchers], return_when=asyncio.FIRST_COMPLETED)
-        for task in [stopped, *watchers]:
-            task.cancel()
-        await asyncio.gather(stopped, *watchers, return_exceptions=True)
-        await self.stop()
         return 0 if stopped in done else 1
 
     async def _keep_alive(self, child: Child) -> None:

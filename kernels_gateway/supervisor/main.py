@@ -7,9 +7,8 @@ import logging
 import os
 import signal
 
-import sdnotify
-
 from ..config import Config
+from ..systemd import Notifier
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
 from .server import SupervisorServer
 
@@ -53,17 +52,17 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    notifier = sdnotify.SystemdNotifier()
-    try:
-        await server.start_serving()
-        log.info("Supervisor listening on %s", config.socket_path)
-        for _ in range(config.initial_kernels):
-            await kernels.start(config.kernel_name or None)
-        notifier.notify("READY=1")
-        await stop.wait()
-    finally:
-        notifier.notify("STOPPING=1")
-        log.info("Supervisor stopping: shutting down %d kernel(s)", len(kernels.list()))
-        await server.close()
-        await kernels.shutdown_all()
-        kernels.close()
+    async with Notifier() as notifier:
+        try:
+            await server.start_serving()
+            log.info("Supervisor listening on %s", config.socket_path)
+            for _ in range(config.initial_kernels):
+                await kernels.start(config.kernel_name or None)
+            notifier.ready()
+            await stop.wait()
+        finally:
+            notifier.stopping()
+            log.info("Supervisor stopping: shutting down %d kernel(s)", len(kernels.list()))
+            await server.close()
+            await kernels.shutdown_all()
+            kernels.close()
