@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from . import __version__
+from . import __version__, logs
 from .config import Config, add_arguments, from_namespace
 from .supervisor.errors import GatewayError
 
@@ -32,11 +32,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.log_level,
-        format="[%(levelname).1s %(asctime)s %(name)s] %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.log_level, config.log_format)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,6 +64,7 @@ class Config:
     max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR",
                           choices=("DEBUG", "INFO", "WARNING", "ERROR"), upper=True)
+    log_format: str = _opt("text", "text, or json for one JSON object per line", choices=("text", "json"))
     # Set by the one-command arbiter for its workers: the inherited listening socket.
     fd: int = _opt(-1, "", (WEB,), flag=False)
 

@@ -16,6 +16,8 @@ from .app import make_app
 log = logging.getLogger("kernels_gateway.web")
 
 SHUTDOWN_TIMEOUT = 5.0
+# aiohttp's default without the start time, which every log line carries already, and with the duration.
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{Referer}i" "%{User-Agent}i"'
 
 
 def serving_url(config: Config) -> str:
@@ -24,7 +26,8 @@ def serving_url(config: Config) -> str:
 
 
 async def serve(config: Config) -> None:
-    runner = web.AppRunner(make_app(config), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(make_app(config), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           access_log_format=ACCESS_LOG_FORMAT)
     await runner.setup()
     sites = _sites(runner, config)
     stop = asyncio.Event()
