@@ -13,6 +13,7 @@ from ..supervisor.client import SupervisorClient
 from . import handlers
 from .channels import channels
 from .errors import json_errors
+from .metrics import metrics, relay_counts
 from .keys import CONFIG, SUPERVISOR, WEBSOCKETS, ZMQ_CONTEXT
 
 KERNEL = "/api/kernels/{kernel_id}"
@@ -31,6 +32,7 @@ def routes(base: str) -> list[web.RouteDef]:
         web.post(f"{base}{KERNEL}/interrupt", handlers.interrupt_kernel),
         web.post(f"{base}{KERNEL}/restart", handlers.restart_kernel),
         web.get(f"{base}{KERNEL}/channels", channels, allow_head=False),
+        web.get(f"{base}/metrics", metrics),
     ]
 
 
@@ -56,7 +58,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_size)
     app[CONFIG] = config
     app[WEBSOCKETS] = weakref.WeakSet()
-    app.cleanup_ctx.extend([supervisor_client, zmq_context])
+    app.cleanup_ctx.extend([supervisor_client, zmq_context, relay_counts])
     app.on_shutdown.append(close_websockets)
     app.router.add_routes(routes(config.base))
     return app

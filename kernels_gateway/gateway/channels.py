@@ -15,6 +15,7 @@ from jupyter_client.session import Session
 from ..supervisor.wire import kernel_url
 from .keys import CONFIG, SUPERVISOR, WEBSOCKETS, ZMQ_CONTEXT
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
+from .metrics import RELAYED, TO_CLIENT, TO_KERNEL, RelayCounts
 
 log = logging.getLogger("kernels_gateway.channels")
 
@@ -25,8 +26,9 @@ NUDGE_TIMEOUT = 10.0
 class KernelConnection:
     """One websocket's own ZMQ sockets to one kernel, and the session that signs what the client sends."""
 
-    def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any]):
+    def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any], relayed: RelayCounts):
         self.kernel_id = kernel_id
+        self.relayed = relayed
         self._context = context
         self._info = info
         self.session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
@@ -105,23 +107,25 @@ class KernelConnection:
                 log.warning("Kernel %s: truncated message on %s dropped", self.kernel_id, channel)
                 continue
             if v1:
-                await ws.send_frame(encode_v1(channel, body), WSMsgType.BINARY)
+                payload, binary = encode_v1(channel, body), True
             else:
                 payload, binary = encode_legacy(channel, body)
-                await ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+            await ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+            self.relayed.count(TO_CLIENT, channel, len(payload))
 
     async def _from_client(self, ws: web.WebSocketResponse, v1: bool) -> None:
         async for message in ws:
             if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
             try:
-                self._send_to_kernel(message.data, v1)
+                channel = self._send_to_kernel(message.data, v1)
+                self.relayed.count(TO_KERNEL, channel, len(message.data))
             except FrameError as e:
                 log.warning("Kernel %s: websocket frame dropped: %s", self.kernel_id, e)
             except (TypeError, ValueError, KeyError) as e:
                 log.warning("Kernel %s: websocket message dropped, cannot be sent: %s", self.kernel_id, e)
 
-    def _send_to_kernel(self, data: str | bytes, v1: bool) -> None:
+    def _send_to_kernel(self, data: str | bytes, v1: bool) -> str:
         if v1:
             if isinstance(data, str):
                 raise FrameError("text frame on the v1 protocol")
@@ -135,6 +139,7 @@ class KernelConnection:
             self.session.send_raw(sock, parts)
         else:
             self.session.send(sock, message)
+        return channel
 
     def close(self) -> None:
         for sock in self.sockets.values():
@@ -151,11 +156,12 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a websocket upgrade")
     found = await supervisor.connection_info(kernel_id)  # an unknown kernel is a 404 before the upgrade
-    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, found["connection_info"])
+    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, found["connection_info"], request.app[RELAYED])
     try:
         await connection.nudge()
         await ws.prepare(request)
         await supervisor.connection_opened(kernel_id)
+        request.app[RELAYED].opened += 1
         request.app[WEBSOCKETS].add(ws)
         try:
             await connection.relay(ws)

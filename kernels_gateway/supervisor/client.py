@@ -67,6 +67,12 @@ class SupervisorClient:
         with contextlib.suppress(SupervisorUnavailable):
             await self.request("connection_closed", kernel_id=kernel_id)
 
+    async def metrics(self) -> dict:
+        return await self.request("metrics")
+
+    async def relayed(self, counts: list[list], opened: int) -> None:
+        await self.request("relayed", counts=counts, opened=opened)
+
     # -- the connection ------------------------------------------------------------------------
 
     async def request(self, op: str, **args: Any) -> Any:

@@ -25,6 +25,7 @@ import zmq.asyncio
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
 
+from . import metrics
 from .errors import BadRequest, KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
 from .wire import kernel_url
 
@@ -130,7 +131,8 @@ class Kernels:
             raise KernelLimit(f"A max kernels limit of {limit} has been set and reached")
         self._starting += 1
         try:
-            kernel = await self._launch(name, self._kernel_env(env or {}))
+            with metrics.kernel_start(name):
+                kernel = await self._launch(name, self._kernel_env(env or {}))
         finally:
             self._starting -= 1
         log.info("Kernel started: %s", kernel.id)
@@ -256,6 +258,7 @@ class Kernels:
                 kernel.execution_state = "dead"
                 kernel.reason = f"restart failed: {e}"
                 raise KernelStartFailed(f"Kernel {kernel_id} failed to restart: {e}") from e
+        metrics.KERNEL_RESTARTS.labels(kernel.name, "request").inc()
         log.info("Kernel restarted: %s", kernel_id)
         return kernel
 

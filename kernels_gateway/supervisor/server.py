@@ -8,12 +8,13 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import wire
+from . import metrics, wire
 from .errors import BadRequest, GatewayError
 from .kernels import Kernels
 
@@ -58,7 +59,10 @@ class SupervisorServer:
             "connection_info": self.connection_info,
             "connection_opened": self.connection_opened,
             "connection_closed": self.connection_closed,
+            "metrics": self.metrics,
+            "relayed": self.relayed,
         }
+        metrics.watch(kernels)
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -105,6 +109,12 @@ class SupervisorServer:
         if client.connections[kernel_id] > 0:
             client.connections[kernel_id] -= 1
             self.kernels.connection_closed(kernel_id)
+
+    async def metrics(self, args: dict, client: Client) -> dict:
+        return metrics.render()
+
+    async def relayed(self, args: dict, client: Client) -> None:
+        metrics.add_relayed(args.get("counts"), args.get("opened", 0))
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -166,6 +176,7 @@ class SupervisorServer:
 
     async def _answer(self, frame: dict[str, Any], client: Client) -> None:
         reply: dict[str, Any] = {"id": frame.get("id")}
+        started = time.monotonic()
         try:
             op = self.ops.get(frame.get("op"))
             if op is None:
@@ -179,6 +190,7 @@ class SupervisorServer:
         except Exception as e:
             log.exception("Operation %s failed", frame.get("op"))
             reply["error"] = {"code": "error", "message": f"internal error: {type(e).__name__}"}
+        metrics.request_done(frame.get("op"), self.ops, "error" not in reply, time.monotonic() - started)
         with contextlib.suppress(ConnectionError):
             try:
                 await client.send(reply)
