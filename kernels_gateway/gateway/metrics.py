@@ -1,7 +1,7 @@
 """What a web worker counts, and `{base}/metrics`.
 
 The relay counts messages and bytes in plain integers: no lock, no system call, nothing on the hot path
-but two dict updates. The worker hands what changed to the supervisor every few seconds, on its way out,
+but two additions. The worker hands what changed to the supervisor every few seconds, on its way out,
 and before it answers a scrape; the supervisor keeps the one registry (supervisor/metrics.py), so every
 worker shows the numbers of all of them.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from ..supervisor.client import SupervisorClient
 from ..supervisor.errors import GatewayError
+from .frames import CHANNELS
 from .keys import SUPERVISOR
 
 log = logging.getLogger("kernels_gateway.web")
@@ -29,29 +29,34 @@ FINAL_REPORT_TIMEOUT = 2.0
 
 class RelayCounts:
     def __init__(self) -> None:
-        self.messages: Counter[tuple[str, str]] = Counter()
-        self.bytes: Counter[tuple[str, str]] = Counter()
+        # [messages, bytes] for each direction and channel, made up front: counting only adds to them.
+        self.cells = {direction: {channel: [0, 0] for channel in CHANNELS} for direction in (TO_CLIENT, TO_KERNEL)}
         self.opened = 0  # websockets
-        self._reported: tuple[Counter, Counter, int] = (Counter(), Counter(), 0)
+        self._reported, self._reported_opened = self._totals(), 0
         self._reporting = asyncio.Lock()
 
     def count(self, direction: str, channel: str, size: int) -> None:
-        key = (direction, channel)
-        self.messages[key] += 1
-        self.bytes[key] += size
+        cell = self.cells[direction][channel]
+        cell[0] += 1
+        cell[1] += size
+
+    def _totals(self) -> dict[tuple[str, str], tuple[int, int]]:
+        return {
+            (direction, channel): (cell[0], cell[1])
+            for direction, cells in self.cells.items() for channel, cell in cells.items()
+        }
 
     async def report(self, supervisor: SupervisorClient) -> None:
         """Send what changed since the last report that arrived; after a failure, the next one sends it."""
         async with self._reporting:
-            messages, sizes, opened = self.messages.copy(), self.bytes.copy(), self.opened
-            sent_messages, sent_sizes, sent_opened = self._reported
+            totals, opened = self._totals(), self.opened
             counts = [
-                [*key, messages[key] - sent_messages[key], sizes[key] - sent_sizes[key]]
-                for key in messages if messages[key] != sent_messages[key]
+                [*key, messages - self._reported[key][0], size - self._reported[key][1]]
+                for key, (messages, size) in totals.items() if (messages, size) != self._reported[key]
             ]
-            if counts or opened != sent_opened:
-                await supervisor.relayed(counts, opened - sent_opened)
-            self._reported = (messages, sizes, opened)
+            if counts or opened != self._reported_opened:
+                await supervisor.relayed(counts, opened - self._reported_opened)
+            self._reported, self._reported_opened = totals, opened
 
 
 RELAYED = web.AppKey("relayed", RelayCounts)

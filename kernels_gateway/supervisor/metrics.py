@@ -68,11 +68,11 @@ CHANNELS = frozenset({"shell", "control", "stdin", "iopub"})
 class KernelsCollector:
     """Gauges read from the registry of kernels when scraped."""
 
-    def __init__(self, kernels) -> None:
-        self.kernels = kernels
+    def __init__(self) -> None:
+        self.kernels = None  # the supervisor's Kernels, once it has them
 
     def collect(self) -> Iterator[Metric]:
-        kernels = self.kernels.list()
+        kernels = self.kernels.list() if self.kernels is not None else []
         by_state = GaugeMetricFamily(
             "kernels_gateway_kernels", "Kernels by execution state and kernelspec", labels=["state", "kernelspec"]
         )
@@ -83,6 +83,10 @@ class KernelsCollector:
             "kernels_gateway_websocket_connections", "Websockets open to kernels",
             value=sum(k.connections for k in kernels),
         )
+
+
+KERNELS = KernelsCollector()
+REGISTRY.register(KERNELS)
 
 
 @contextlib.contextmanager
@@ -104,7 +108,7 @@ def request_done(op: Any, known: Container[str], ok: bool, seconds: float) -> No
 
 
 def watch(kernels) -> None:
-    REGISTRY.register(KernelsCollector(kernels))
+    KERNELS.kernels = kernels
 
 
 def render() -> dict[str, str]:
