@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 import zmq.asyncio
 from aiohttp import web
 
@@ -13,4 +11,5 @@ from ..supervisor.client import SupervisorClient
 CONFIG = web.AppKey("config", Config)
 SUPERVISOR = web.AppKey("supervisor", SupervisorClient)
 ZMQ_CONTEXT = web.AppKey("zmq_context", zmq.asyncio.Context)
-WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
+# kernel id -> the websockets open on it in this worker
+CONNECTIONS = web.AppKey("connections", dict)

@@ -76,7 +76,7 @@ class KernelsCollector:
         by_state = GaugeMetricFamily(
             "kernels_gateway_kernels", "Kernels by execution state and kernelspec", labels=["state", "kernelspec"]
         )
-        for (state, name), count in sorted(Tally((k.execution_state, k.name) for k in kernels).items()):
+        for (state, name), count in sorted(Tally((k.iopub.execution_state, k.name) for k in kernels).items()):
             by_state.add_metric([state, name], count)
         yield by_state
         yield GaugeMetricFamily(
