@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from .conftest import kernel_pids
 from .kernel_client import KernelSocket
 
 
@@ -108,3 +111,25 @@ async def test_every_worker_shows_what_all_workers_relayed(start_gateway, http):
             break
     else:
         raise AssertionError("one worker answered every scrape")
+
+
+async def test_automatic_restarts_and_culls_are_counted(start_gateway, http):
+    gw = await start_gateway("--cull-idle-timeout", "6", "--cull-interval", "0.5")
+    [pid] = kernel_pids(gw.runtime_dir)
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(300):
+        samples = await scrape(http, gw.url)
+        if value(samples, "kernels_gateway_kernel_restarts_total", kernelspec="python3", cause="automatic") == 1:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the automatic restart was never counted")
+    for _ in range(300):  # idle and unconnected, it is culled some seconds later
+        samples = await scrape(http, gw.url)
+        if value(samples, "kernels_gateway_kernel_culls_total", kernelspec="python3") == 1:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the cull was never counted")
+    assert not [key for key in samples if key[0] == "kernels_gateway_kernels"]
+    assert value(samples, "kernels_gateway_kernel_restarts_total", kernelspec="python3", cause="request") == 0
