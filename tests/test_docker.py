@@ -113,7 +113,9 @@ async def test_image_steps_in_a_clean_virtual_environment(tmp_path, http):
             raise AssertionError(f"never served:\n{log_path.read_text()}")
         [(init, command)] = children(container.pid).items()
         assert command.startswith(entrypoint[0])
-        assert Path(f"/proc/{init}/status").read_text().split("NSpid:")[1].split()[-1] == "1"  # PID 1 inside
+        status = Path(f"/proc/{init}/status").read_text().splitlines()
+        [nspid] = [line.split()[1:] for line in status if line.startswith("NSpid:")]
+        assert nspid == [str(init), "1"]  # its pid here, and PID 1 in its own namespace
 
         async with http.get(f"http://127.0.0.1:{port}/api") as r:
             assert r.status == 200 and "version" in await r.json()
