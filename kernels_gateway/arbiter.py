@@ -21,6 +21,7 @@ import uuid
 from .config import SUPERVISOR, WEB, Config
 from .gateway.server import serving_url
 from .supervisor.main import SECRET_ENV, prepare_runtime_dir
+from .systemd import Notifier
 
 log = logging.getLogger("kernels_gateway")
 
@@ -114,25 +115,28 @@ class Arbiter:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        try:
-            await self.supervisor.start()
-            # A supervisor restarted later must not start the launch kernels a second time.
-            restarted = dataclasses.replace(self.config, initial_kernels=0)
-            self.supervisor.args = restarted.args_for(SUPERVISOR)
-            self.supervisor.ready_timeout = READY_TIMEOUT
-            await asyncio.gather(*(worker.start() for worker in self.workers))
-        except ChildFailed as e:
-            log.error("Cannot start: %s", e)
+        async with Notifier() as notifier:  # the arbiter itself may run under a service manager
+            try:
+                await self.supervisor.start()
+                # A supervisor restarted later must not start the launch kernels a second time.
+                restarted = dataclasses.replace(self.config, initial_kernels=0)
+                self.supervisor.args = restarted.args_for(SUPERVISOR)
+                self.supervisor.ready_timeout = READY_TIMEOUT
+                await asyncio.gather(*(worker.start() for worker in self.workers))
+            except ChildFailed as e:
+                log.error("Cannot start: %s", e)
+                await self.stop()
+                return 1
+            log.info("Serving at %s", serving_url(self.config))
+            notifier.ready()
+            watchers = [asyncio.create_task(self._keep_alive(child)) for child in [self.supervisor, *self.workers]]
+            stopped = asyncio.create_task(self.stopping.wait())
+            done, _ = await asyncio.wait([stopped, *watchers], return_when=asyncio.FIRST_COMPLETED)
+            notifier.stopping()
+            for task in [stopped, *watchers]:
+                task.cancel()
+            await asyncio.gather(stopped, *watchers, return_exceptions=True)
             await self.stop()
-            return 1
-        log.info("Serving at %s", serving_url(self.config))
-        watchers = [asyncio.create_task(self._keep_alive(child)) for child in [self.supervisor, *self.workers]]
-        stopped = asyncio.create_task(self.stopping.wait())
-        done, _ = await asyncio.wait([stopped, *watchers], return_when=asyncio.FIRST_COMPLETED)
-        for task in [stopped, *watchers]:
-            task.cancel()
-        await asyncio.gather(stopped, *watchers, return_exceptions=True)
-        await self.stop()
         return 0 if stopped in done else 1
 
     async def _keep_alive(self, child: Child) -> None:
@@ -163,7 +167,8 @@ class Arbiter:
 
 def _child_env(config: Config, role: str) -> dict[str, str]:
     """Secrets travel as variables, and only to the role that needs them: the supervisor, parent of
-    every kernel, never holds the token."""
+    every kernel, never holds the token. Children report to us, so the service manager's variables
+    (its watchdog, its sockets) are ours alone."""
     inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
     return {**inherited, **config.env_for(role)}
 

@@ -7,13 +7,14 @@ import asyncio
 import logging
 import sys
 
-from . import __version__
-from .config import Config, add_arguments, from_namespace
+from . import __version__, logs
+from .config import WEB, Config, add_arguments, from_namespace
 from .supervisor.errors import GatewayError
 
 COMMANDS = {
     "supervisor": "run only the supervisor, which owns every kernel",
     "web": "run only a web worker, which finds the supervisor's socket in --runtime-dir",
+    "probe": "exit 0 if the gateway at --ip, --port and --base-path answers, 1 if not (health checks)",
 }
 
 
@@ -25,18 +26,14 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=__version__)
     add_arguments(top, "all")
-    commands = top.add_subparsers(dest="command", metavar="{supervisor,web}")
+    commands = top.add_subparsers(dest="command", metavar="{supervisor,web,probe}")
     for name, help in COMMANDS.items():
-        add_arguments(commands.add_parser(name, help=help, description=help), name)
+        add_arguments(commands.add_parser(name, help=help, description=help), WEB if name == "probe" else name)
     return top
 
 
 def configure_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.log_level,
-        format="[%(levelname).1s %(asctime)s %(name)s] %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.log_level, config.log_format)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
         from .supervisor.main import serve
     elif ns.command == "web":
         from .gateway.server import serve
+    elif ns.command == "probe":
+        from .probe import probe
+
+        sys.exit(asyncio.run(probe(config)))
     else:
         from .arbiter import run
 

@@ -124,8 +124,13 @@ class Config:
     replay_age: float = _opt(120.0, "seconds that replayable iopub messages are kept", (SUPERVISOR,))
     max_body_size: int = _opt(1 << 20, "largest request body in bytes", (WEB,))
     max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
+    max_output_buffer: int = _opt(
+        32 << 20, "kernel output in bytes waiting for one slow websocket before more is dropped (and the "
+        "client told)", (WEB,)
+    )
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR",
                           choices=("DEBUG", "INFO", "WARNING", "ERROR"), upper=True)
+    log_format: str = _opt("text", "text, or json for one JSON object per line", choices=("text", "json"))
     # Set by the one-command arbiter for its workers: the inherited listening socket.
     fd: int = _opt(-1, "", (WEB,), flag=False)
 

@@ -42,6 +42,7 @@ def every_route(kernel_id: str) -> list[tuple[str, str, dict]]:
         ("POST", f"/api/kernels/{kernel_id}/interrupt", {}),
         ("POST", f"/api/kernels/{kernel_id}/restart", {}),
         ("GET", f"/api/kernels/{kernel_id}/channels", WS_UPGRADE),
+        ("GET", "/metrics", {}),
         ("GET", "/api/no-such-route", {}),
     ]
 

@@ -15,6 +15,7 @@ from .auth import setup_cors, token_required
 from .channels import channels, close_all, relay_event
 from .errors import json_errors
 from .keys import CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
+from .metrics import metrics, relay_counts
 
 KERNEL = "/api/kernels/{kernel_id}"
 
@@ -33,6 +34,7 @@ def routes(base: str) -> list[web.RouteDef]:
         web.post(f"{base}{KERNEL}/interrupt", handlers.interrupt_kernel),
         web.post(f"{base}{KERNEL}/restart", handlers.restart_kernel),
         web.get(f"{base}{KERNEL}/channels", channels, allow_head=False),
+        web.get(f"{base}/metrics", metrics),
     ]
 
 
@@ -57,7 +59,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_size)
     app[CONFIG] = config
     app[CONNECTIONS] = {}
-    app.cleanup_ctx.extend([supervisor_client, zmq_context])
+    app.cleanup_ctx.extend([supervisor_client, zmq_context, relay_counts])
     app.on_shutdown.append(close_all)
     app.router.add_routes(routes(config.base))
     setup_cors(app, config)

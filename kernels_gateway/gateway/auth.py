@@ -13,8 +13,7 @@ import hmac
 from urllib.parse import urlsplit
 
 import aiohttp_cors
-from aiohttp import hdrs, web
-from aiohttp.abc import AbstractAccessLogger
+from aiohttp import hdrs, web, web_log
 
 from ..config import Config
 
@@ -94,12 +93,19 @@ def setup_cors(app: web.Application, config: Config) -> None:
         cors.add(resource)
 
 
-class AccessLogger(AbstractAccessLogger):
-    """One line per request, like aiohttp's own, but never with the token of a `?token=` query."""
+class AccessLogger(web_log.AccessLogger):
+    """aiohttp's access log, with the value of a `?token=` query masked."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        url = request.rel_url
-        if "token" in url.query:
-            url = url.update_query(token="redacted")
-        self.logger.info('%s "%s %s" %s %s %.3fs "%s"', request.remote, request.method, url, response.status,
-                         response.body_length, time, request.headers.get(hdrs.USER_AGENT, "-"))
+        super().log(_TokenMasked(request) if "token" in request.query else request, response, time)
+
+
+class _TokenMasked:
+    """A finished request as the access log reads it, with `token=redacted` in its query."""
+
+    def __init__(self, request: web.BaseRequest):
+        self._request = request
+        self.path_qs = str(request.rel_url.update_query(token="redacted"))
+
+    def __getattr__(self, name: str):
+        return getattr(self._request, name)

@@ -83,6 +83,12 @@ class SupervisorClient:
             except SupervisorUnavailable:
                 await asyncio.sleep(retry_every)
 
+    async def metrics(self) -> dict:
+        return await self.request("metrics")
+
+    async def relayed(self, counts: list[list], opened: int) -> None:
+        await self.request("relayed", counts=counts, opened=opened)
+
     # -- the connection ------------------------------------------------------------------------
 
     async def request(self, op: str, **args: Any) -> Any:

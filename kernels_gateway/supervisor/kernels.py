@@ -27,6 +27,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
 from jupyter_client.provisioning import KernelProvisionerFactory, LocalProvisioner
 
+from . import metrics
 from .activity import IOPub, ReplayLimits
 from .errors import BadRequest, KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
 from .pool import WarmPool
@@ -152,10 +153,11 @@ class Kernels:
             raise KernelLimit(f"A max kernels limit of {limit} has been set and reached")
         self._starting += 1
         try:
-            # A warm kernel has the supervisor's environment; a request that sets env needs a cold start.
-            kernel = None if requested else await self.pool.take(name)
-            kernel = kernel or await self._launch(name, requested)
-            await self._register(kernel)
+            with metrics.kernel_start(name):
+                # A warm kernel has the supervisor's environment; a request that sets env needs a cold start.
+                kernel = None if requested else await self.pool.take(name)
+                kernel = kernel or await self._launch(name, requested)
+                await self._register(kernel)
         finally:
             self._starting -= 1
         log.info("Kernel started: %s", kernel.id)
@@ -309,6 +311,7 @@ class Kernels:
             log.error("Kernel %s failed to restart: %s", kernel.id, e)
             return True  # its process is gone: the keeper comes straight back here
         await self._save_record(kernel)
+        metrics.KERNEL_RESTARTS.labels(kernel.name, "automatic").inc()
         log.info("Kernel restarted: %s", kernel.id)
         self._emit(kernel, connection_info=kernel.connection_info())
         return True
@@ -365,6 +368,7 @@ class Kernels:
                 kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel_id}")
             kernel.reason = ""
             await self._save_record(kernel)
+        metrics.KERNEL_RESTARTS.labels(kernel.name, "request").inc()
         log.info("Kernel restarted: %s", kernel_id)
         return kernel
 
@@ -429,6 +433,7 @@ class Kernels:
                                 kernel.connections, now - kernel.iopub.last_activity)
                     with contextlib.suppress(KernelNotFound):
                         await self.shutdown(kernel.id, why="culled")
+                        metrics.KERNEL_CULLS.labels(kernel.name).inc()
 
     # -- records and adoption ------------------------------------------------------------------
 

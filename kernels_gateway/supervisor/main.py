@@ -7,10 +7,10 @@ import logging
 import os
 import signal
 
-import sdnotify
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 
 from ..config import Config, pool_sizes
+from ..systemd import Notifier
 from .activity import ReplayLimits
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
 from .server import SupervisorServer
@@ -64,26 +64,26 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    notifier = sdnotify.SystemdNotifier()
     culler: asyncio.Task | None = None
-    try:
-        await server.start_serving()
-        log.info("Supervisor listening on %s", config.socket_path)
-        # Kernels a previous supervisor left running come first; launch kernels only on a fresh start.
-        if not await kernels.adopt_all():
-            for _ in range(config.initial_kernels):
-                await kernels.start(config.kernel_name or None)
-        kernels.pool.start()
-        if config.cull_idle_timeout > 0:
-            culler = asyncio.create_task(kernels.cull(), name="culler")
-        notifier.notify("READY=1")
-        await stop.wait()
-    finally:
-        notifier.notify("STOPPING=1")
-        if culler:
-            culler.cancel()
-            await asyncio.gather(culler, return_exceptions=True)
-        log.info("Supervisor stopping: shutting down %d kernel(s)", len(kernels.list()))
-        await server.close()
-        await kernels.shutdown_all()
-        kernels.close()
+    async with Notifier() as notifier:
+        try:
+            await server.start_serving()
+            log.info("Supervisor listening on %s", config.socket_path)
+            # Kernels a previous supervisor left running come first; launch kernels only on a fresh start.
+            if not await kernels.adopt_all():
+                for _ in range(config.initial_kernels):
+                    await kernels.start(config.kernel_name or None)
+            kernels.pool.start()
+            if config.cull_idle_timeout > 0:
+                culler = asyncio.create_task(kernels.cull(), name="culler")
+            notifier.ready()
+            await stop.wait()
+        finally:
+            notifier.stopping()
+            if culler:
+                culler.cancel()
+                await asyncio.gather(culler, return_exceptions=True)
+            log.info("Supervisor stopping: shutting down %d kernel(s)", len(kernels.list()))
+            await server.close()
+            await kernels.shutdown_all()
+            kernels.close()

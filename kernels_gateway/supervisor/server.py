@@ -8,12 +8,13 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import wire
+from . import metrics, wire
 from .errors import BadRequest, GatewayError
 from .kernels import Kernels
 
@@ -67,8 +68,11 @@ class SupervisorServer:
             "connection_opened": self.connection_opened,
             "connection_closed": self.connection_closed,
             "subscribe": self.subscribe,
+            "metrics": self.metrics,
+            "relayed": self.relayed,
         }
         kernels.listeners.add(self._broadcast)
+        metrics.watch(kernels)
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -126,6 +130,12 @@ class SupervisorServer:
         for client in self._clients:
             if client.subscribed:
                 client.push(event)
+
+    async def metrics(self, args: dict, client: Client) -> dict:
+        return metrics.render()
+
+    async def relayed(self, args: dict, client: Client) -> None:
+        metrics.add_relayed(args.get("counts"), args.get("opened", 0))
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -192,6 +202,7 @@ class SupervisorServer:
 
     async def _answer(self, frame: dict[str, Any], client: Client) -> None:
         reply: dict[str, Any] = {"id": frame.get("id")}
+        started = time.monotonic()
         try:
             op = self.ops.get(frame.get("op"))
             if op is None:
@@ -205,6 +216,7 @@ class SupervisorServer:
         except Exception as e:
             log.exception("Operation %s failed", frame.get("op"))
             reply["error"] = {"code": "error", "message": f"internal error: {type(e).__name__}"}
+        metrics.request_done(frame.get("op"), self.ops, "error" not in reply, time.monotonic() - started)
         with contextlib.suppress(ConnectionError):
             try:
                 await client.send(reply)
