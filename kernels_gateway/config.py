@@ -60,6 +60,11 @@ class Config:
         5.0, "seconds a kernel has to exit after a shutdown request before it is terminated, then killed",
         (SUPERVISOR,),
     )
+    certfile: str = _opt("", "TLS certificate chain (PEM): serve HTTPS and WSS", (WEB,), kg="KG_CERTFILE")
+    keyfile: str = _opt("", "private key of --certfile (PEM), if not in that file", (WEB,), kg="KG_KEYFILE")
+    client_ca: str = _opt(
+        "", "CA certificates (PEM): clients must present a certificate they signed", (WEB,), kg="KG_CLIENT_CA"
+    )
     max_body_size: int = _opt(1 << 20, "largest request body in bytes", (WEB,))
     max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR",

@@ -13,7 +13,8 @@ from ..supervisor.client import SupervisorClient
 from . import handlers
 from .channels import channels
 from .errors import json_errors
-from .keys import CONFIG, SUPERVISOR, WEBSOCKETS, ZMQ_CONTEXT
+from .keys import API_SPEC, CONFIG, SUPERVISOR, WEBSOCKETS, ZMQ_CONTEXT
+from .limits import body_limit
 
 KERNEL = "/api/kernels/{kernel_id}"
 
@@ -21,6 +22,8 @@ KERNEL = "/api/kernels/{kernel_id}"
 def routes(base: str) -> list[web.RouteDef]:
     return [
         web.get(f"{base}/api", handlers.api_info),
+        web.get(f"{base}/api/health", handlers.health),
+        web.get(f"{base}/api/spec.yaml", handlers.api_spec),
         web.get(f"{base}/api/kernelspecs", handlers.list_kernelspecs),
         web.get(f"{base}/api/kernelspecs/{{name}}", handlers.get_kernelspec),
         web.get(f"{base}/kernelspecs/{{name}}/{{path:.+}}", handlers.kernelspec_file),
@@ -53,8 +56,9 @@ async def close_websockets(app: web.Application) -> None:
 
 
 def make_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_size)
+    app = web.Application(middlewares=[json_errors, body_limit], client_max_size=config.max_body_size)
     app[CONFIG] = config
+    app[API_SPEC] = handlers.api_description(config.base)
     app[WEBSOCKETS] = weakref.WeakSet()
     app.cleanup_ctx.extend([supervisor_client, zmq_context])
     app.on_shutdown.append(close_websockets)

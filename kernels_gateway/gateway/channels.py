@@ -20,6 +20,9 @@ log = logging.getLogger("kernels_gateway.channels")
 
 DELIMITER = b"<IDS|MSG>"
 NUDGE_TIMEOUT = 10.0
+# Each websocket logs this many dropped frames one by one, then only a total when it closes, so a
+# client sending garbage in a loop cannot flood the log.
+LOGGED_DROPS = 10
 
 
 class KernelConnection:
@@ -111,15 +114,23 @@ class KernelConnection:
                 await ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
 
     async def _from_client(self, ws: web.WebSocketResponse, v1: bool) -> None:
-        async for message in ws:
-            if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue
-            try:
-                self._send_to_kernel(message.data, v1)
-            except FrameError as e:
-                log.warning("Kernel %s: websocket frame dropped: %s", self.kernel_id, e)
-            except (TypeError, ValueError, KeyError) as e:
-                log.warning("Kernel %s: websocket message dropped, cannot be sent: %s", self.kernel_id, e)
+        """Sign and send what the client sends. A frame that is not a kernel message is dropped with a
+        log line, as Jupyter Server does: the protocol has no message to tell the client, and the
+        connection stays up for the frames that are fine."""
+        dropped = 0
+        try:
+            async for message in ws:
+                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    continue
+                try:
+                    self._send_to_kernel(message.data, v1)
+                except (TypeError, ValueError, KeyError, RecursionError) as e:  # FrameError is a ValueError
+                    dropped += 1
+                    level = logging.WARNING if dropped <= LOGGED_DROPS else logging.DEBUG
+                    log.log(level, "Kernel %s: websocket frame dropped: %s", self.kernel_id, e)
+        finally:
+            if dropped > LOGGED_DROPS:
+                log.warning("Kernel %s: %d websocket frames dropped on one connection", self.kernel_id, dropped)
 
     def _send_to_kernel(self, data: str | bytes, v1: bool) -> None:
         if v1:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 
 import sdnotify
 from aiohttp import web
@@ -20,16 +21,38 @@ SHUTDOWN_TIMEOUT = 5.0
 
 def serving_url(config: Config) -> str:
     host = f"[{config.ip}]" if ":" in config.ip else config.ip
-    return f"http://{host}:{config.port}{config.base}/api/kernels"
+    scheme = "https" if config.certfile else "http"
+    return f"{scheme}://{host}:{config.port}{config.base}/api/kernels"
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS settings of --certfile, --keyfile and --client-ca; None to serve plain HTTP."""
+    if not config.certfile:
+        if config.keyfile or config.client_ca:
+            raise RuntimeError("--keyfile and --client-ca need --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 or later
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile or None)
+    except OSError as e:  # ssl's own errors do not name the file
+        raise RuntimeError(f"Cannot load TLS certificate {config.certfile} (key {config.keyfile or 'in it'}): {e}") from None
+    if config.client_ca:
+        try:
+            context.load_verify_locations(config.client_ca)
+        except OSError as e:
+            raise RuntimeError(f"Cannot load client CA certificates {config.client_ca}: {e}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 async def serve(config: Config) -> None:
+    tls = ssl_context(config)
     runner = web.AppRunner(make_app(config), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     if config.fd >= 0:  # a socket inherited from the arbiter, shared with the other workers
-        site: web.BaseSite = web.SockSite(runner, socket.socket(fileno=config.fd))
+        site: web.BaseSite = web.SockSite(runner, socket.socket(fileno=config.fd), ssl_context=tls)
     else:
-        site = web.TCPSite(runner, config.ip, config.port)
+        site = web.TCPSite(runner, config.ip, config.port, ssl_context=tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

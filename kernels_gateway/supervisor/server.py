@@ -15,7 +15,7 @@ from typing import Any
 
 from . import wire
 from .errors import BadRequest, GatewayError
-from .kernels import Kernels
+from .kernels import Kernels, valid_kernel_id
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
@@ -96,12 +96,12 @@ class SupervisorServer:
         return {"model": kernel.model(), "connection_info": kernel.connection_info()}
 
     async def connection_opened(self, args: dict, client: Client) -> None:
-        kernel_id = args.get("kernel_id")
+        kernel_id = valid_kernel_id(args.get("kernel_id"))
         self.kernels.connection_opened(kernel_id)
         client.connections[kernel_id] += 1
 
     async def connection_closed(self, args: dict, client: Client) -> None:
-        kernel_id = args.get("kernel_id")
+        kernel_id = valid_kernel_id(args.get("kernel_id"))
         if client.connections[kernel_id] > 0:
             client.connections[kernel_id] -= 1
             self.kernels.connection_closed(kernel_id)
