@@ -167,7 +167,8 @@ class SupervisorServer:
     async def _answer(self, frame: dict[str, Any], client: Client) -> None:
         reply: dict[str, Any] = {"id": frame.get("id")}
         try:
-            op = self.ops.get(frame.get("op"))
+            name = frame.get("op")
+            op = self.ops.get(name) if isinstance(name, str) else None
             if op is None:
                 raise BadRequest(f"unknown operation {str(frame.get('op'))[:50]!r}")
             args = frame.get("args") or {}
