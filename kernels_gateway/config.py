@@ -18,6 +18,21 @@ def _opt(default, help: str, roles=BOTH, kg: str | None = None, env: str | None 
     return field(default=default, metadata={"help": help, "roles": roles, "kg": kg, "env": env, "flag": flag, **kw})
 
 
+def pool_sizes(entries: tuple[str, ...], default_name: str) -> tuple[tuple[str, int], ...]:
+    """`--pool` entries as (kernelspec, size) pairs: none is an empty pool, nothing is one default kernel."""
+    if not entries:
+        return ((default_name, 1),)
+    sizes = []
+    for entry in entries:
+        if entry.lower() == "none":
+            continue
+        name, _, size = entry.rpartition("=")
+        if not name or not size.isdigit():
+            raise SystemExit(f"kernels-gateway: --pool takes NAME=N, not {entry!r}")
+        sizes.append((name, int(size)))
+    return tuple(sizes)
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -60,13 +75,30 @@ class Config:
         5.0, "seconds a kernel has to exit after a shutdown request before it is terminated, then killed",
         (SUPERVISOR,),
     )
+    restart_limit: int = _opt(
+        5, "restarts of a kernel that keeps dying within 10 s of starting before it is declared dead", (SUPERVISOR,)
+    )
+    cull_idle_timeout: float = _opt(
+        0.0, "shut down kernels idle for longer than this many seconds (0: never)", (SUPERVISOR,)
+    )
+    cull_interval: float = _opt(300.0, "seconds between two checks for idle kernels", (SUPERVISOR,))
+    cull_connected: bool = _opt(False, "cull idle kernels even when a websocket is connected", (SUPERVISOR,))
+    cull_busy: bool = _opt(False, "cull kernels that are busy (idle means: no iopub message)", (SUPERVISOR,))
+    pool: tuple[str, ...] = _opt(
+        (), "warm kernels kept ready, as NAME=N (repeatable, or comma-separated); none for no pool "
+        "(default: one of the default kernelspec)", (SUPERVISOR,), parse=_csv, repeat=True,
+    )
+    replay_bytes: int = _opt(
+        8 << 20, "iopub bytes kept per kernel for clients that reconnect with the same session_id", (SUPERVISOR,)
+    )
+    replay_age: float = _opt(120.0, "seconds that replayable iopub messages are kept", (SUPERVISOR,))
+    max_body_size: int = _opt(1 << 20, "largest request body in bytes", (WEB,))
+    max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
     certfile: str = _opt("", "TLS certificate chain (PEM): serve HTTPS and WSS", (WEB,), kg="KG_CERTFILE")
     keyfile: str = _opt("", "private key of --certfile (PEM), if not in that file", (WEB,), kg="KG_KEYFILE")
     client_ca: str = _opt(
         "", "CA certificates (PEM): clients must present a certificate they signed", (WEB,), kg="KG_CLIENT_CA"
     )
-    max_body_size: int = _opt(1 << 20, "largest request body in bytes", (WEB,))
-    max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR",
                           choices=("DEBUG", "INFO", "WARNING", "ERROR"), upper=True)
     # Set by the one-command arbiter for its workers: the inherited listening socket.
@@ -88,7 +120,10 @@ class Config:
         for f in fields(self):
             if role in f.metadata["roles"] and f.metadata["flag"]:
                 value = getattr(self, f.name)
-                args += [_flag(f.name), ",".join(value) if isinstance(value, tuple) else str(value)]
+                if isinstance(value, bool):
+                    args.append(_flag(f.name) if value else _flag(f"no_{f.name}"))
+                else:
+                    args += [_flag(f.name), ",".join(value) if isinstance(value, tuple) else str(value)]
         return args
 
 
@@ -99,9 +134,14 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         if command != "all" and command not in meta["roles"]:
             continue
         shown = f"{meta['help']} (env {', '.join(_env_names(f))}; default {_show(f.default)})"
+        if isinstance(f.default, bool):
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=shown)
+            continue
         parser.add_argument(
             _flag(f.name),
             dest=f.name,
+            action="extend" if meta.get("repeat") else "store",
             type=_parser_for(f),
             choices=meta.get("choices"),
             default=argparse.SUPPRESS,
@@ -113,7 +153,8 @@ def from_namespace(ns: argparse.Namespace, environ=os.environ) -> Config:
     values = {}
     for f in fields(Config):
         if hasattr(ns, f.name):
-            values[f.name] = getattr(ns, f.name)
+            value = getattr(ns, f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
             continue
         name = next((n for n in _env_names(f) if n in environ), None)
         if name is None:

@@ -105,23 +105,40 @@ class Gateway:
             self.log_file.close()
         for pid in kernel_pids(self.runtime_dir):
             os.kill(pid, signal.SIGKILL)
-        if os.environ.get("KEEP_GATEWAY_LOGS"):
-            print(self.log())
         shutil.rmtree(self.runtime_dir.parent, ignore_errors=True)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def show_logs_if_failed(request, gateways: list[Gateway]) -> None:
+    """A failed test prints the logs of the gateways it started: the only witness of what they did."""
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for gateway in gateways:
+            if gateway.log_path.exists():
+                print(f"\n--- gateway log ({' '.join(gateway.command) or 'all'}) ---\n{gateway.log()}")
+
+
 @pytest.fixture
-async def start_gateway():
+async def start_gateway(request):
     """Start fresh gateways for tests that stop, break or reconfigure them."""
     started: list[Gateway] = []
 
     async def start(*args: str, **kw) -> Gateway:
         wait_for = kw.pop("wait_for", "Serving at")
+        if "--pool" not in args and kw.get("command") != ("web",):
+            args = ("--pool", "none", *args)  # a warm kernel costs time; the tests that want one ask
         gateway = Gateway(*args, **kw)
         started.append(gateway)
         return await gateway.start(wait_for=wait_for)
 
     yield start
+    show_logs_if_failed(request, started)
     for gateway in started:
         gateway.cleanup()
 
@@ -130,10 +147,12 @@ async def start_gateway():
 async def gateway():
     """One running gateway under /krn, shared by the tests that only read or make their own kernels."""
     gw = Gateway("--base-path", "/krn")
-    await gw.start()
-    yield gw
-    assert await gw.stop() == 0
-    gw.cleanup()
+    try:
+        await gw.start()
+        yield gw
+        assert await gw.stop() == 0
+    finally:
+        gw.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import weakref
+import asyncio
 from collections.abc import AsyncIterator
 
 import zmq.asyncio
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
 from ..config import Config
 from ..supervisor.client import SupervisorClient
 from . import handlers
-from .channels import channels
+from .channels import channels, close_all, relay_event
 from .errors import json_errors
-from .keys import API_SPEC, CONFIG, SUPERVISOR, WEBSOCKETS, ZMQ_CONTEXT
+from .keys import API_SPEC, CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
 from .limits import body_limit
 
 KERNEL = "/api/kernels/{kernel_id}"
@@ -38,8 +38,12 @@ def routes(base: str) -> list[web.RouteDef]:
 
 
 async def supervisor_client(app: web.Application) -> AsyncIterator[None]:
+    """The connection to the supervisor, and the task that follows its kernel state events."""
     app[SUPERVISOR] = SupervisorClient(app[CONFIG].socket_path)
+    events = asyncio.create_task(app[SUPERVISOR].follow(lambda event: relay_event(app, event)))
     yield
+    events.cancel()
+    await asyncio.gather(events, return_exceptions=True)
     await app[SUPERVISOR].close()
 
 
@@ -49,18 +53,12 @@ async def zmq_context(app: web.Application) -> AsyncIterator[None]:
     app[ZMQ_CONTEXT].destroy(linger=0)
 
 
-async def close_websockets(app: web.Application) -> None:
-    """On shutdown, tell every client the server is going away (1001) rather than just dropping it."""
-    for ws in list(app[WEBSOCKETS]):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-
-
 def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[json_errors, body_limit], client_max_size=config.max_body_size)
     app[CONFIG] = config
     app[API_SPEC] = handlers.api_description(config.base)
-    app[WEBSOCKETS] = weakref.WeakSet()
+    app[CONNECTIONS] = {}
     app.cleanup_ctx.extend([supervisor_client, zmq_context])
-    app.on_shutdown.append(close_websockets)
+    app.on_shutdown.append(close_all)
     app.router.add_routes(routes(config.base))
     return app

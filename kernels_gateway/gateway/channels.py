@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import uuid
 from typing import Any
 
 import zmq
 import zmq.asyncio
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from jupyter_client.session import Session
 
 from ..supervisor.wire import kernel_url
-from .keys import CONFIG, SUPERVISOR, WEBSOCKETS, ZMQ_CONTEXT
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
+from .keys import CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
 
 log = logging.getLogger("kernels_gateway.channels")
 
 DELIMITER = b"<IDS|MSG>"
 NUDGE_TIMEOUT = 10.0
+MAX_HELD = 1000
 # Each websocket logs this many dropped frames one by one, then only a total when it closes, so a
 # client sending garbage in a loop cannot flood the log.
 LOGGED_DROPS = 10
@@ -28,9 +31,21 @@ LOGGED_DROPS = 10
 class KernelConnection:
     """One websocket's own ZMQ sockets to one kernel, and the session that signs what the client sends."""
 
-    def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any]):
+    def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any], ws: web.WebSocketResponse):
         self.kernel_id = kernel_id
+        self.ws = ws
         self._context = context
+        self._open_sockets(info)
+        # Kernel events that iopub cannot carry, pushed by the supervisor: a state (restarting, dead)
+        # or new connection info (a warm kernel took over from a dead one).
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.last_iopub_header: bytes | None = None  # what to tell the supervisor we last delivered
+        self._replayed: set[str] = set()  # msg_ids sent from the replay buffer, not to be sent twice
+        # Client frames that arrive while the kernel restarts wait here for the new process.
+        self._held: list[str | bytes] | None = None
+        self._dropped = 0
+
+    def _open_sockets(self, info: dict[str, Any]) -> None:
         self._info = info
         self.session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
         # A fresh identity per websocket: two connections of one client session must not collide
@@ -78,74 +93,140 @@ class KernelConnection:
         while await iopub.poll(0):
             await iopub.recv_multipart()
 
-    async def relay(self, ws: web.WebSocketResponse) -> None:
-        """Carry messages both ways until the websocket closes or a kernel socket fails."""
-        v1 = ws.ws_protocol == V1_PROTOCOL
-        tasks = [
-            asyncio.create_task(self._to_client(channel, sock, ws, v1), name=f"{channel}-to-client")
-            for channel, sock in self.sockets.items()
-        ]
-        tasks.append(asyncio.create_task(self._from_client(ws, v1), name="from-client"))
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if not task.cancelled() and task.exception():
-                    log.error("Kernel %s: relay failed", self.kernel_id, exc_info=task.exception())
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async def replay(self, missed: list[list[bytes]]) -> None:
+        """Send what the client's session missed while away, before anything live."""
+        for parts in missed:
+            self._replayed.add(json.loads(parts[0]).get("msg_id"))
+            await self._send("iopub", parts)
 
-    async def _to_client(self, channel: str, sock: zmq.asyncio.Socket, ws: web.WebSocketResponse, v1: bool) -> None:
+    async def relay(self) -> None:
+        """Carry messages both ways until the websocket closes or a kernel socket fails; when the kernel
+        moves to new connection info, move this websocket's sockets with it."""
+        from_client = asyncio.create_task(self._from_client(), name="from-client")
+        try:
+            while True:
+                events = asyncio.create_task(self._events_to_client(), name="events-to-client")
+                readers = [
+                    asyncio.create_task(self._to_client(channel, sock), name=f"{channel}-to-client")
+                    for channel, sock in self.sockets.items()
+                ]
+                try:
+                    done, _ = await asyncio.wait([from_client, events, *readers], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (events, *readers):
+                        task.cancel()
+                    await asyncio.gather(events, *readers, return_exceptions=True)
+                restarted = events in done and not events.cancelled() and not events.exception()
+                if not restarted:
+                    for task in done:
+                        if not task.cancelled() and task.exception():
+                            log.error("Kernel %s: relay failed", self.kernel_id, exc_info=task.exception())
+                    return
+                await self._follow_restart(events.result())
+        finally:
+            from_client.cancel()
+            await asyncio.gather(from_client, return_exceptions=True)
+
+    async def _send(self, channel: str, body: list[bytes]) -> None:
+        """body: header, parent_header, metadata, content, *buffers, as the kernel wrote them."""
+        if self.ws.ws_protocol == V1_PROTOCOL:
+            await self.ws.send_frame(encode_v1(channel, body), WSMsgType.BINARY)
+        else:
+            payload, binary = encode_legacy(channel, body)
+            await self.ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+
+    async def _to_client(self, channel: str, sock: zmq.asyncio.Socket) -> None:
         while True:
             parts = await sock.recv_multipart()
             try:
                 body = parts[parts.index(DELIMITER) + 2 :]  # drop routing ids, delimiter, signature
             except ValueError:
-                log.warning("Kernel %s: message without delimiter on %s dropped", self.kernel_id, channel)
-                continue
+                body = []
             if len(body) < 4:
-                log.warning("Kernel %s: truncated message on %s dropped", self.kernel_id, channel)
+                log.warning("Kernel %s: malformed message on %s dropped", self.kernel_id, channel)
                 continue
-            if v1:
-                await ws.send_frame(encode_v1(channel, body), WSMsgType.BINARY)
-            else:
-                payload, binary = encode_legacy(channel, body)
-                await ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+            if channel == "iopub":
+                if self._replayed:
+                    # The live stream overlaps the replay only at its start; once past it, stop looking.
+                    if json.loads(body[0]).get("msg_id") in self._replayed:
+                        continue
+                    self._replayed.clear()
+                self.last_iopub_header = body[0]
+            await self._send(channel, body)
 
-    async def _from_client(self, ws: web.WebSocketResponse, v1: bool) -> None:
-        """Sign and send what the client sends. A frame that is not a kernel message is dropped with a
-        log line, as Jupyter Server does: the protocol has no message to tell the client, and the
-        connection stays up for the frames that are fine."""
-        dropped = 0
+    async def _events_to_client(self) -> dict[str, Any]:
+        """Relay supervisor-reported states as iopub status messages, as Jupyter Server does; return
+        the connection info of the process that replaced a dead one."""
+        while True:
+            event = await self.events.get()
+            if "connection_info" in event:
+                return event["connection_info"]
+            state = event.get("execution_state")
+            if state == "restarting":
+                self._held = []
+            elif state == "dead" and self._held:
+                log.warning("Kernel %s is dead: %d held messages dropped", self.kernel_id, len(self._held))
+                self._held = None
+            status = self.session.msg("status", {"execution_state": state})
+            pack = self.session.pack
+            await self._send("iopub", [pack(status["header"]), pack({}), pack({}), pack(status["content"])])
+
+    async def _follow_restart(self, info: dict[str, Any]) -> None:
+        """The kernel runs again. A process restarted in place keeps its endpoints, and ZMQ reconnects
+        these sockets by itself (delivering what was queued); a warm kernel that took over has new
+        ones and a new key, so the sockets move. Either way iopub is nudged anew, then held frames go."""
+        if info != self._info:
+            self.close()
+            self._open_sockets(info)
+        await self.nudge()
+        held, self._held = self._held or [], None
+        for data in held:
+            self._forward(data)
+
+    async def _from_client(self) -> None:
         try:
-            async for message in ws:
+            async for message in self.ws:
                 if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     continue
-                try:
-                    self._send_to_kernel(message.data, v1)
-                except (TypeError, ValueError, KeyError, RecursionError) as e:  # FrameError is a ValueError
-                    dropped += 1
-                    level = logging.WARNING if dropped <= LOGGED_DROPS else logging.DEBUG
-                    log.log(level, "Kernel %s: websocket frame dropped: %s", self.kernel_id, e)
+                if self._held is None:
+                    self._forward(message.data)
+                elif len(self._held) < MAX_HELD:
+                    self._held.append(message.data)
+                else:
+                    self._drop(f"the kernel is restarting and {MAX_HELD} frames wait already")
         finally:
-            if dropped > LOGGED_DROPS:
-                log.warning("Kernel %s: %d websocket frames dropped on one connection", self.kernel_id, dropped)
+            if self._dropped > LOGGED_DROPS:
+                log.warning("Kernel %s: %d websocket frames dropped on one connection", self.kernel_id, self._dropped)
 
-    def _send_to_kernel(self, data: str | bytes, v1: bool) -> None:
-        if v1:
+    def _forward(self, data: str | bytes) -> None:
+        """A frame that is not a kernel message is dropped with a log line, as Jupyter Server does: the
+        protocol has no message to tell the client, and the websocket stays up for the frames that are fine."""
+        try:
+            self._send_to_kernel(data)
+        except (TypeError, ValueError, KeyError, RecursionError) as e:  # FrameError is a ValueError
+            self._drop(str(e))
+
+    def _drop(self, reason: str) -> None:
+        self._dropped += 1
+        level = logging.WARNING if self._dropped <= LOGGED_DROPS else logging.DEBUG
+        log.log(level, "Kernel %s: websocket frame dropped: %s", self.kernel_id, reason)
+
+    def _send_to_kernel(self, data: str | bytes) -> None:
+        if self.ws.ws_protocol == V1_PROTOCOL:
             if isinstance(data, str):
                 raise FrameError("text frame on the v1 protocol")
             channel, parts = decode_v1(data)
+            if channel == "iopub":
+                raise FrameError("clients cannot publish on iopub")
+            self.session.send_raw(self.sockets[channel], parts)
         else:
             channel, message = decode_legacy(data)
-        if channel == "iopub":
-            raise FrameError("clients cannot publish on iopub")
-        sock = self.sockets[channel]
-        if v1:
-            self.session.send_raw(sock, parts)
-        else:
-            self.session.send(sock, message)
+            if channel == "iopub":
+                raise FrameError("clients cannot publish on iopub")
+            self.session.send(self.sockets[channel], message)
+
+    def last_delivered_msg_id(self) -> str | None:
+        return json.loads(self.last_iopub_header).get("msg_id") if self.last_iopub_header else None
 
     def close(self) -> None:
         for sock in self.sockets.values():
@@ -153,8 +234,9 @@ class KernelConnection:
 
 
 async def channels(request: web.Request) -> web.WebSocketResponse:
-    """GET {base}/api/kernels/{kernel_id}/channels: the websocket."""
+    """GET {base}/api/kernels/{kernel_id}/channels?session_id=S: the websocket."""
     kernel_id = request.match_info["kernel_id"]
+    session_id = request.query.get("session_id") or uuid.uuid4().hex
     supervisor = request.app[SUPERVISOR]
     ws = web.WebSocketResponse(
         protocols=(V1_PROTOCOL,), max_msg_size=request.app[CONFIG].max_message_size, heartbeat=30.0
@@ -162,18 +244,38 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a websocket upgrade")
     found = await supervisor.connection_info(kernel_id)  # an unknown kernel is a 404 before the upgrade
-    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, found["connection_info"])
+    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, found["connection_info"], ws)
+    connections = request.app[CONNECTIONS].setdefault(kernel_id, set())
     try:
         await connection.nudge()
-        await ws.prepare(request)
-        await supervisor.connection_opened(kernel_id)
-        request.app[WEBSOCKETS].add(ws)
+        # Before the upgrade, so that a vanished kernel or supervisor is still a plain HTTP error.
+        missed = await supervisor.connection_opened(kernel_id, session_id)
         try:
-            await connection.relay(ws)
+            await ws.prepare(request)
+            connections.add(connection)
+            with contextlib.suppress(ConnectionResetError):
+                await connection.replay(missed)
+            await connection.relay()
         finally:
-            request.app[WEBSOCKETS].discard(ws)
-            await supervisor.connection_closed(kernel_id)
-            await ws.close()
+            connections.discard(connection)
+            await supervisor.connection_closed(kernel_id, session_id, connection.last_delivered_msg_id())
+            if ws.prepared:
+                await ws.close()
     finally:
         connection.close()
+        if not connections:
+            request.app[CONNECTIONS].pop(kernel_id, None)
     return ws
+
+
+def relay_event(app: web.Application, event: dict[str, Any]) -> None:
+    """A kernel event the supervisor pushed, for every websocket on that kernel."""
+    for connection in app[CONNECTIONS].get(event.get("kernel_id"), ()):
+        connection.events.put_nowait(event)
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown, tell every client the server is going away (1001) rather than just dropping it."""
+    for connections in list(app[CONNECTIONS].values()):
+        for connection in list(connections):
+            await connection.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 import zmq.asyncio
 from aiohttp import web
 
@@ -14,4 +12,5 @@ CONFIG = web.AppKey("config", Config)
 API_SPEC = web.AppKey("api_spec", str)
 SUPERVISOR = web.AppKey("supervisor", SupervisorClient)
 ZMQ_CONTEXT = web.AppKey("zmq_context", zmq.asyncio.Context)
-WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
+# kernel id -> the websockets open on it in this worker
+CONNECTIONS = web.AppKey("connections", dict)

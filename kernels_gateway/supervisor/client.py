@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ class SupervisorClient:
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         # Websockets this worker holds open, re-announced to a supervisor that was restarted.
-        self._opened: Counter[str] = Counter()
+        self._opened: Counter[tuple[str, str]] = Counter()
+        self._on_event: Callable[[dict], None] | None = None
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -57,15 +59,29 @@ class SupervisorClient:
     async def connection_info(self, kernel_id: str) -> dict:
         return await self.request("connection_info", kernel_id=kernel_id)
 
-    async def connection_opened(self, kernel_id: str) -> None:
-        await self.request("connection_opened", kernel_id=kernel_id)
-        self._opened[kernel_id] += 1
+    async def connection_opened(self, kernel_id: str, session_id: str) -> list[list[bytes]]:
+        """Count a websocket in; the iopub messages (parts after the signature) its session missed."""
+        found = await self.request("connection_opened", kernel_id=kernel_id, session_id=session_id, replay=True)
+        self._opened[kernel_id, session_id] += 1
+        return [wire.unpack_parts(parts) for parts in found["missed"]]
 
-    async def connection_closed(self, kernel_id: str) -> None:
-        if self._opened[kernel_id] > 0:
-            self._opened[kernel_id] -= 1
+    async def connection_closed(self, kernel_id: str, session_id: str, last_msg_id: str | None) -> None:
+        if self._opened[kernel_id, session_id] > 0:
+            self._opened[kernel_id, session_id] -= 1
         with contextlib.suppress(SupervisorUnavailable):
-            await self.request("connection_closed", kernel_id=kernel_id)
+            await self.request("connection_closed", kernel_id=kernel_id, session_id=session_id,
+                               last_msg_id=last_msg_id)
+
+    async def follow(self, on_event: Callable[[dict], None], retry_every: float = 0.5) -> None:
+        """Receive kernel state events for as long as this runs, reconnecting whenever the supervisor
+        goes away and comes back (a restarted supervisor gets the subscription again)."""
+        self._on_event = on_event
+        while True:
+            try:
+                await self.request("subscribe")
+                await asyncio.wait([self._reader_task])
+            except SupervisorUnavailable:
+                await asyncio.sleep(retry_every)
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -95,7 +111,7 @@ class SupervisorClient:
             delay = 0.05
             while True:
                 try:
-                    reader, writer = await asyncio.open_unix_connection(str(self.socket_path), limit=wire.MAX_FRAME)
+                    reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
                     break
                 except OSError:
                     if asyncio.get_running_loop().time() + delay > deadline:
@@ -104,14 +120,19 @@ class SupervisorClient:
                     delay = min(delay * 2, 0.5)
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_replies(reader, writer), name="supervisor-replies")
-            for kernel_id, count in self._opened.items():
+            for (kernel_id, session_id), count in self._opened.items():
+                announce = {"kernel_id": kernel_id, "session_id": session_id}
                 for _ in range(count):
-                    writer.write(wire.encode({"id": next(self._ids), "op": "connection_opened", "args": {"kernel_id": kernel_id}}))
+                    writer.write(wire.encode({"id": next(self._ids), "op": "connection_opened", "args": announce}))
             return writer
 
     async def _read_replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while (body := await wire.read_frame(reader)) is not None:
+            while (body := await wire.read_frame(reader, wire.REPLY_LIMIT)) is not None:
+                if "event" in body:
+                    if self._on_event:
+                        self._on_event(body.get("data", {}))
+                    continue
                 reply = self._pending.get(body.get("id"))
                 if reply is not None and not reply.done():
                     reply.set_result(body)

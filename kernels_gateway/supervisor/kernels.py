@@ -1,21 +1,22 @@
-"""Kernel lifecycle: start, watch, interrupt, restart, shut down. The one registry of running kernels.
+"""Kernel lifecycle: start, watch, restart on death, interrupt, restart, cull, shut down, adopt.
+The one registry of running kernels.
 
 Each kernel is driven by jupyter_client's AsyncKernelManager, so kernelspecs that name a provisioner
-are honoured. The supervisor keeps one iopub SUB socket per kernel to know its execution state and
-last activity; it never sits on the path of the messages that clients exchange with the kernel.
+are honoured. Kernels run in their own sessions without JPY_PARENT_PID, so they outlive a supervisor
+crash; a record per kernel lets the next supervisor adopt them. Each kernel has a keeper task that
+waits for its process to exit and restarts it, a bounded number of times, when nobody asked it to stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,17 +26,22 @@ import zmq
 import zmq.asyncio
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
+from jupyter_client.provisioning import KernelProvisionerFactory, LocalProvisioner
 
+from .activity import IOPub, ReplayLimits
 from .errors import BadRequest, KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
+from .pool import WarmPool
+from .process import AdoptedProcess, exited, start_time
+from .records import Records
 from .wire import kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
-DELIMITER = b"<IDS|MSG>"
 # Unix socket paths are capped at 108 bytes (sun_path), NUL included; an IPC endpoint adds "-NNNNN".
 MAX_SOCKET_PATH = 107
 MAX_IPC_PREFIX = MAX_SOCKET_PATH - len("-65535")
 MAX_ENV_VALUE = 32 * 1024
+POLL_INTERVAL = 1.0  # for provisioners whose process we cannot watch through a pidfd
 # Kernel ids are the canonical form of a random UUID, and nothing else is ever looked up, logged or
 # turned into a path: whatever a client puts in a URL stops here.
 KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -57,6 +63,14 @@ class KernelSettings:
     secret_env: frozenset[str] = frozenset()
     start_timeout: float = 60.0
     shutdown_wait: float = 5.0
+    restart_limit: int = 5
+    stable_after: float = 10.0
+    replay: ReplayLimits = ReplayLimits()
+    cull_idle_timeout: float = 0.0
+    cull_interval: float = 300.0
+    cull_connected: bool = False
+    cull_busy: bool = False
+    pool: tuple[tuple[str, int], ...] = ()  # warm kernels per kernelspec
 
 
 @dataclass(eq=False)
@@ -64,21 +78,23 @@ class Kernel:
     id: str
     name: str
     manager: AsyncKernelManager
-    execution_state: str = "starting"
-    last_activity: float = field(default_factory=time.time)
+    iopub: IOPub
+    requested_env: dict[str, str] = field(default_factory=dict)
     connections: int = 0
     reason: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set by each idle status seen
-    watcher: asyncio.Task | None = None
+    started_at: float = field(default_factory=time.time)
+    quick_deaths: int = 0
+    watcher: asyncio.Task | None = None  # the iopub SUB socket
+    keeper: asyncio.Task | None = None  # waits for the process to exit, then restarts it
 
     def model(self) -> dict[str, Any]:
-        stamp = datetime.fromtimestamp(self.last_activity, timezone.utc)
+        stamp = datetime.fromtimestamp(self.iopub.last_activity, timezone.utc)
         model = {
             "id": self.id,
             "name": self.name,
             "last_activity": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "execution_state": self.execution_state,
+            "execution_state": self.iopub.execution_state,
             "connections": self.connections,
         }
         if self.reason:
@@ -100,13 +116,19 @@ def _env_safe(text: str) -> bool:
     return "\0" not in text
 
 
+Listener = Callable[[dict[str, Any]], None]
+
+
 class Kernels:
     def __init__(self, settings: KernelSettings):
         self.settings = settings
         self.specs = KernelSpecManager()
+        self.records = Records(settings.runtime_dir)
+        self.listeners: set[Listener] = set()
         self._kernels: dict[str, Kernel] = {}
         self._starting = 0
         self._zmq = zmq.asyncio.Context()
+        self.pool = WarmPool(dict(settings.pool), self._launch_spare, self._discard)
 
     # -- kernelspecs -------------------------------------------------------------------------
 
@@ -123,12 +145,6 @@ class Kernels:
             specs[name] = {"name": name, "spec": found["spec"], "resource_dir": str(folder), "resources": files}
         return {"default": self.default_name, "kernelspecs": specs}
 
-    def _require_spec(self, name: str) -> None:
-        try:
-            self.specs.get_kernel_spec(name)
-        except NoSuchKernel:
-            raise KernelSpecNotFound(name) from None
-
     # -- the registry ------------------------------------------------------------------------
 
     def get(self, kernel_id: Any) -> Kernel:
@@ -142,21 +158,53 @@ class Kernels:
 
     async def start(self, name: str | None = None, env: Mapping[str, str] | None = None) -> Kernel:
         name = name or self.default_name
-        self._require_spec(name)
+        try:
+            self.specs.get_kernel_spec(name)
+        except NoSuchKernel:
+            raise KernelSpecNotFound(name) from None
+        requested = self._requested_env(env or {})
         limit = self.settings.max_kernels
         # Counting starts in flight before the first await keeps a burst of starts from overshooting.
         if limit and len(self._kernels) + self._starting >= limit:
             raise KernelLimit(f"A max kernels limit of {limit} has been set and reached")
         self._starting += 1
         try:
-            kernel = await self._launch(name, self._kernel_env(env or {}))
+            # A warm kernel has the supervisor's environment; a request that sets env needs a cold start.
+            kernel = None if requested else await self.pool.take(name)
+            kernel = kernel or await self._launch(name, requested)
+            await self._register(kernel)
         finally:
             self._starting -= 1
         log.info("Kernel started: %s", kernel.id)
         return kernel
 
-    async def _launch(self, name: str, env: dict[str, str]) -> Kernel:
+    async def _launch(self, name: str, requested: dict[str, str], pooled: bool = False) -> Kernel:
+        """A started kernel that has answered kernel_info, not yet registered."""
         kernel_id = str(uuid.uuid4())
+        kernel = Kernel(id=kernel_id, name=name, manager=self._manager(kernel_id, name),
+                        iopub=IOPub(kernel_id, self.settings.replay), requested_env=requested)
+        try:
+            # independent: no JPY_PARENT_PID, so the kernel does not exit with the supervisor.
+            await kernel.manager.start_kernel(env=self._kernel_env(requested), independent=True)
+            kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel_id}")
+            await self._wait_ready(kernel)
+            await self._save_record(kernel, pooled)
+        except BaseException as e:  # cancelled included: a half-started kernel must not be left running
+            await self._discard(kernel)
+            if isinstance(e, Exception):
+                raise KernelStartFailed(f"Kernel {name} failed to start: {e}") from e
+            raise
+        return kernel
+
+    async def _launch_spare(self, name: str) -> Kernel:
+        return await self._launch(name, {}, pooled=True)
+
+    async def _register(self, kernel: Kernel) -> None:
+        self._kernels[kernel.id] = kernel
+        await self._save_record(kernel)
+        kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel.id}")
+
+    def _manager(self, kernel_id: str, name: str) -> AsyncKernelManager:
         manager = AsyncKernelManager(
             kernel_name=name,
             kernel_id=kernel_id,
@@ -166,21 +214,7 @@ class Kernels:
             shutdown_wait_time=self.settings.shutdown_wait,
         )
         manager.ip = self._kernel_ip(kernel_id)
-        kernel = Kernel(id=kernel_id, name=name, manager=manager)
-        try:
-            # independent: the kernel must not exit with the supervisor (no JPY_PARENT_PID poller).
-            await manager.start_kernel(env=env, independent=True)
-        except Exception as e:
-            await self._discard(kernel)
-            raise KernelStartFailed(f"Kernel {name} failed to start: {e}") from e
-        self._kernels[kernel_id] = kernel
-        kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel_id}")
-        try:
-            await self._wait_ready(kernel)
-        except Exception as e:
-            await self._remove(kernel)
-            raise KernelStartFailed(f"Kernel {name} failed to start: {e}") from e
-        return kernel
+        return manager
 
     def _kernel_ip(self, kernel_id: str) -> str:
         if self.settings.transport == "tcp":
@@ -193,10 +227,9 @@ class Kernels:
             )
         return prefix
 
-    def _kernel_env(self, requested: Mapping[str, str]) -> dict[str, str]:
-        """The supervisor's environment without the gateway's secrets, plus the allowed requested names."""
-        env = {k: v for k, v in os.environ.items() if k not in self.settings.secret_env}
-        env.pop("JPY_PARENT_PID", None)
+    def _requested_env(self, requested: Mapping[str, str]) -> dict[str, str]:
+        """The names of a start request's env that may reach the kernel; others are dropped."""
+        allowed = {}
         for key, value in requested.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise BadRequest("env must map names to string values")
@@ -206,7 +239,14 @@ class Kernels:
                     f"or unpaired surrogate, and values at most {MAX_ENV_VALUE} characters"
                 )
             if key.startswith("KERNEL_") or key in self.settings.env_allow:
-                env[key] = value
+                allowed[key] = value
+        return allowed
+
+    def _kernel_env(self, requested: Mapping[str, str]) -> dict[str, str]:
+        """The supervisor's environment without the gateway's secrets, plus the allowed requested names."""
+        env = {k: v for k, v in os.environ.items() if k not in self.settings.secret_env}
+        env.pop("JPY_PARENT_PID", None)
+        env.update(requested)
         return env
 
     async def _wait_ready(self, kernel: Kernel) -> None:
@@ -223,14 +263,15 @@ class Kernels:
         try:
             async with asyncio.timeout(self.settings.start_timeout):
                 while True:
-                    kernel.idle.clear()
+                    kernel.iopub.idle.clear()
                     kernel.manager.session.send(shell, "kernel_info_request")
                     while not await shell.poll(1000):
                         if not await kernel.manager.is_alive():
                             raise KernelStartFailed("the kernel process exited during start-up")
                     await shell.recv_multipart()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(kernel.idle.wait(), 0.5)
+                        await asyncio.wait_for(kernel.iopub.idle.wait(), 0.5)
+                        kernel.iopub.execution_state = "idle"
                         return
         except TimeoutError:
             raise KernelStartFailed(f"no reply within {self.settings.start_timeout:g} s") from None
@@ -238,25 +279,80 @@ class Kernels:
             shell.close()
 
     async def _watch_iopub(self, kernel: Kernel) -> None:
-        sub = self._zmq.socket(zmq.SUB)
-        sub.linger = 0
-        sub.subscribe(b"")
-        sub.connect(kernel_url(kernel.connection_info(), "iopub"))
+        await kernel.iopub.watch(self._zmq, kernel_url(kernel.connection_info(), "iopub"))
+
+    # -- death and automatic restart -----------------------------------------------------------
+
+    async def _keep(self, kernel: Kernel) -> None:
+        """Wait for the kernel's process to exit; restart it unless its restarts keep failing."""
+        while True:
+            await self._process_exit(kernel)
+            async with kernel.lock:
+                if kernel.id not in self._kernels or not await self._recover(kernel):
+                    return
+
+    async def _process_exit(self, kernel: Kernel) -> None:
+        pid = getattr(kernel.manager.provisioner, "pid", None)
+        if pid and await kernel.manager.is_alive():
+            await exited(pid)
+        else:
+            while await kernel.manager.is_alive():
+                await asyncio.sleep(POLL_INTERVAL)
+
+    async def _recover(self, kernel: Kernel) -> bool:
+        """Restart a kernel that died; False once it is declared dead."""
+        lived = time.time() - kernel.started_at
+        kernel.quick_deaths = 0 if lived > self.settings.stable_after else kernel.quick_deaths + 1
+        if kernel.quick_deaths > self.settings.restart_limit:
+            kernel.iopub.execution_state = "dead"
+            kernel.reason = f"the kernel died {kernel.quick_deaths} times in a row within {self.settings.stable_after:g} s of starting"
+            log.error("Kernel %s is dead: %s", kernel.id, kernel.reason)
+            self._emit(kernel, execution_state="dead")
+            return False
+        log.warning("Kernel %s died; restarting it", kernel.id)
+        kernel.iopub.execution_state = "restarting"
+        self._emit(kernel, execution_state="restarting")
+        kernel.started_at = time.time()
+        spare = None if kernel.requested_env else await self.pool.take(kernel.name)
         try:
-            while True:
-                parts = await sub.recv_multipart()
-                kernel.last_activity = time.time()
-                try:
-                    start = parts.index(DELIMITER)
-                    header = json.loads(parts[start + 2])
-                    if header.get("msg_type") == "status":
-                        kernel.execution_state = json.loads(parts[start + 5])["execution_state"]
-                        if kernel.execution_state == "idle":
-                            kernel.idle.set()
-                except (ValueError, IndexError, KeyError, TypeError):
-                    log.warning("Kernel %s: unreadable iopub message ignored", kernel.id)
-        finally:
-            sub.close()
+            if spare:
+                await self._swap_in(kernel, spare)
+            else:
+                await kernel.manager.restart_kernel(now=True)
+                await self._wait_ready(kernel)
+        except Exception as e:
+            log.error("Kernel %s failed to restart: %s", kernel.id, e)
+            return True  # its process is gone: the keeper comes straight back here
+        await self._save_record(kernel)
+        log.info("Kernel restarted: %s", kernel.id)
+        self._emit(kernel, connection_info=kernel.connection_info())
+        return True
+
+    async def _swap_in(self, kernel: Kernel, spare: Kernel) -> None:
+        """Give a dead kernel's id a warm kernel's process: faster than starting one. Workers learn the
+        new connection info from the event that follows every restart."""
+        dead = kernel.manager
+        with contextlib.suppress(Exception):
+            await dead.shutdown_kernel(now=True)  # reaps it and removes its files
+        for watcher in (kernel.watcher, spare.watcher):
+            if watcher:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+        self.records.remove(spare.id)
+        kernel.manager = spare.manager
+        kernel.iopub.execution_state = "idle"  # the spare answered kernel_info and has done nothing since
+        kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel.id}")
+
+    def _emit(self, kernel: Kernel, **event: Any) -> None:
+        event["kernel_id"] = kernel.id
+        for listener in list(self.listeners):
+            listener(event)
+
+    async def _stop_keeping(self, kernel: Kernel) -> None:
+        if kernel.keeper and kernel.keeper is not asyncio.current_task():
+            kernel.keeper.cancel()
+            await asyncio.gather(kernel.keeper, return_exceptions=True)
+        kernel.keeper = None
 
     # -- operations on one kernel --------------------------------------------------------------
 
@@ -270,31 +366,34 @@ class Kernels:
         kernel = self.get(kernel_id)
         async with kernel.lock:
             self.get(kernel_id)  # it may have been shut down while we waited for the lock
-            kernel.execution_state = "restarting"
+            await self._stop_keeping(kernel)
+            kernel.iopub.execution_state = "restarting"
+            kernel.started_at = time.time()
             try:
                 await kernel.manager.restart_kernel(now=False)
                 await self._wait_ready(kernel)
             except Exception as e:
-                kernel.execution_state = "dead"
+                kernel.iopub.execution_state = "dead"
                 kernel.reason = f"restart failed: {e}"
                 raise KernelStartFailed(f"Kernel {kernel_id} failed to restart: {e}") from e
+            finally:
+                kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel_id}")
+            kernel.reason = ""
+            await self._save_record(kernel)
         log.info("Kernel restarted: %s", kernel_id)
         return kernel
 
-    async def shutdown(self, kernel_id: str) -> None:
+    async def shutdown(self, kernel_id: str, why: str = "shutdown") -> None:
         kernel = self.get(kernel_id)
         # Gone from the registry at once: a second DELETE or a waiting restart sees KernelNotFound.
         del self._kernels[kernel_id]
         async with kernel.lock:
             await self._discard(kernel)
-        log.info("Kernel shutdown: %s", kernel_id)
-
-    async def _remove(self, kernel: Kernel) -> None:
-        self._kernels.pop(kernel.id, None)
-        await self._discard(kernel)
+        log.info("Kernel %s: %s", why, kernel_id)
 
     async def _discard(self, kernel: Kernel) -> None:
-        """Stop the watcher, then the process: shutdown request, SIGTERM, SIGKILL, each on a deadline."""
+        """Stop watching, then stop the process: shutdown request, SIGTERM, SIGKILL, each on a deadline."""
+        await self._stop_keeping(kernel)
         if kernel.watcher:
             kernel.watcher.cancel()
             await asyncio.gather(kernel.watcher, return_exceptions=True)
@@ -302,21 +401,130 @@ class Kernels:
             if kernel.manager.has_kernel:
                 await kernel.manager.shutdown_kernel(now=False)
             else:
-                kernel.manager.cleanup_resources()
+                await kernel.manager.cleanup_resources()
         except Exception:
             log.exception("Kernel %s: shutdown failed; killing it", kernel.id)
-            await kernel.manager.shutdown_kernel(now=True)
+            with contextlib.suppress(Exception):
+                await kernel.manager.shutdown_kernel(now=True)
+        self.records.remove(kernel.id)
 
-    def connection_opened(self, kernel_id: str) -> None:
-        self.get(kernel_id).connections += 1
+    # -- connections and replay ----------------------------------------------------------------
 
-    def connection_closed(self, kernel_id: str) -> None:
+    def connection_opened(self, kernel_id: str, session_id: str | None = None) -> list[list[bytes]]:
+        """Count a websocket in; what its session missed while away, if it was here before."""
+        kernel = self.get(kernel_id)
+        kernel.connections += 1
+        return kernel.iopub.missed(session_id) if session_id else []
+
+    def connection_closed(self, kernel_id: str, session_id: str | None = None, last_msg_id: str | None = None) -> None:
         kernel = self._kernels.get(kernel_id)
         if kernel:
             kernel.connections = max(0, kernel.connections - 1)
+            if session_id:
+                kernel.iopub.depart(session_id, last_msg_id)
+
+    # -- culling -------------------------------------------------------------------------------
+
+    async def cull(self) -> None:
+        """Every cull interval, shut down kernels idle for longer than the timeout, and dead ones.
+        `connected` and `busy` kernels count as idle only when the options say so."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(settings.cull_interval)
+            now = time.time()
+            for kernel in self.list():
+                state = kernel.iopub.execution_state
+                idle = now - kernel.iopub.last_activity > settings.cull_idle_timeout
+                if state == "dead" or (
+                    idle
+                    and (settings.cull_busy or state != "busy")
+                    and (settings.cull_connected or kernel.connections == 0)
+                ):
+                    log.warning("Culling kernel %s (%s, %d connections, idle %.0f s)", kernel.id, state,
+                                kernel.connections, now - kernel.iopub.last_activity)
+                    with contextlib.suppress(KernelNotFound):
+                        await self.shutdown(kernel.id, why="culled")
+
+    # -- records and adoption ------------------------------------------------------------------
+
+    async def _save_record(self, kernel: Kernel, pooled: bool = False) -> None:
+        provisioner = await kernel.manager.provisioner.get_provisioner_info()
+        pid = provisioner.get("pid")
+        self.records.save(kernel.id, {
+            "id": kernel.id,
+            "pooled": pooled,
+            "name": kernel.name,
+            "connection_file": kernel.manager.connection_file,
+            "env": kernel.requested_env,
+            "provisioner": provisioner,
+            "start_time": start_time(pid) if pid else None,
+        })
+
+    async def adopt_all(self) -> int:
+        """Take over the kernels a previous supervisor left running; forget those that died meanwhile."""
+        adopted = 0
+        for record in self.records.load_all():
+            try:
+                kernel = await self._adopt(record)
+            except Exception as e:
+                log.warning("Kernel %s cannot be adopted (%s); forgetting it", record.get("id"), e)
+                kernel = None
+            if kernel is None:
+                self._forget(record)
+            elif record.get("pooled"):
+                await self.shutdown(kernel.id, why="shutdown (unused warm kernel)")
+            else:
+                adopted += 1
+                log.info("Kernel adopted: %s", kernel.id)
+        return adopted
+
+    async def _adopt(self, record: dict[str, Any]) -> Kernel | None:
+        info = record["provisioner"]
+        pid = info.get("pid")
+        if pid and (record.get("start_time") is None or start_time(pid) != record["start_time"]):
+            return None  # exited, and its pid may now name another process
+        kernel_id = record["id"]
+        manager = AsyncKernelManager(
+            kernel_name=record["name"], kernel_id=kernel_id, kernel_spec_manager=self.specs,
+            connection_file=record["connection_file"], shutdown_wait_time=self.settings.shutdown_wait,
+        )
+        manager.load_connection_file()
+        provisioner = KernelProvisionerFactory.instance().create_provisioner_instance(
+            kernel_id, manager.kernel_spec, parent=manager
+        )
+        await provisioner.load_provisioner_info(info)
+        if isinstance(provisioner, LocalProvisioner) and pid:
+            provisioner.process = AdoptedProcess(pid)
+        # What start_kernel would have set, had this manager started the kernel: restart needs them.
+        manager.provisioner = provisioner
+        manager._launch_args = {"env": self._kernel_env(record["env"]), "independent": True}
+        manager._attempted_start = True
+        manager._connect_control_socket()
+        if not await manager.is_alive():
+            return None
+        kernel = Kernel(id=kernel_id, name=record["name"], manager=manager,
+                        iopub=IOPub(kernel_id, self.settings.replay), requested_env=record["env"])
+        kernel.iopub.execution_state = "unknown"  # until its next status message says
+        self._kernels[kernel_id] = kernel
+        kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel_id}")
+        kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel_id}")
+        return kernel
+
+    def _forget(self, record: dict[str, Any]) -> None:
+        """Remove what a kernel that died while nobody watched left behind."""
+        self.records.remove(str(record.get("id")))
+        connection_file = Path(str(record.get("connection_file", "")))
+        if connection_file.parent == self.settings.runtime_dir:
+            connection_file.unlink(missing_ok=True)
+        for ipc in self.settings.runtime_dir.glob(f"k-{str(record.get('id'))[:8]}-*"):
+            ipc.unlink(missing_ok=True)
+
+    # -- the end -------------------------------------------------------------------------------
 
     async def shutdown_all(self) -> None:
-        await asyncio.gather(*(self.shutdown(k) for k in list(self._kernels)), return_exceptions=True)
+        await asyncio.gather(
+            self.pool.close(), *(self.shutdown(k) for k in list(self._kernels)), return_exceptions=True
+        )
 
     def close(self) -> None:
         self._zmq.destroy(linger=0)

@@ -8,8 +8,10 @@ import os
 import signal
 
 import sdnotify
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 
-from ..config import Config
+from ..config import Config, pool_sizes
+from .activity import ReplayLimits
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
 from .server import SupervisorServer
 
@@ -31,6 +33,13 @@ def kernel_settings(config: Config) -> KernelSettings:
         secret_env=SECRET_ENV | {name for name in os.environ if name.startswith(SECRET_ENV_PREFIXES)},
         start_timeout=config.kernel_start_timeout,
         shutdown_wait=config.shutdown_wait,
+        restart_limit=config.restart_limit,
+        replay=ReplayLimits(max_bytes=config.replay_bytes, max_age=config.replay_age),
+        cull_idle_timeout=config.cull_idle_timeout,
+        cull_interval=config.cull_interval,
+        cull_connected=config.cull_connected,
+        cull_busy=config.cull_busy,
+        pool=pool_sizes(config.pool, config.default_kernel_name or NATIVE_KERNEL_NAME),
     )
 
 
@@ -53,15 +62,24 @@ async def serve(config: Config) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     notifier = sdnotify.SystemdNotifier()
+    culler: asyncio.Task | None = None
     try:
         await server.start_serving()
         log.info("Supervisor listening on %s", config.socket_path)
-        for _ in range(config.initial_kernels):
-            await kernels.start(config.kernel_name or None)
+        # Kernels a previous supervisor left running come first; launch kernels only on a fresh start.
+        if not await kernels.adopt_all():
+            for _ in range(config.initial_kernels):
+                await kernels.start(config.kernel_name or None)
+        kernels.pool.start()
+        if config.cull_idle_timeout > 0:
+            culler = asyncio.create_task(kernels.cull(), name="culler")
         notifier.notify("READY=1")
         await stop.wait()
     finally:
         notifier.notify("STOPPING=1")
+        if culler:
+            culler.cancel()
+            await asyncio.gather(culler, return_exceptions=True)
         log.info("Supervisor stopping: shutting down %d kernel(s)", len(kernels.list()))
         await server.close()
         await kernels.shutdown_all()

@@ -20,6 +20,7 @@ from .kernels import Kernels, valid_kernel_id
 log = logging.getLogger("kernels_gateway.supervisor")
 
 _PEERCRED = struct.Struct("3i")
+CLOSE_TIMEOUT = 2.0
 
 
 class Client:
@@ -28,12 +29,19 @@ class Client:
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
         self.write_lock = asyncio.Lock()
-        self.connections: Counter[str] = Counter()
+        self.connections: Counter[tuple[str, str | None]] = Counter()  # (kernel_id, session_id)
         self.requests: set[asyncio.Task] = set()
+        self.subscribed = False
 
     async def send(self, body: dict[str, Any]) -> None:
         async with self.write_lock:
-            await wire.write_frame(self.writer, body)
+            await wire.write_frame(self.writer, body, wire.REPLY_LIMIT)
+
+    def push(self, event: dict[str, Any]) -> None:
+        """Send an event without waiting; the task is owned like a request's."""
+        task = asyncio.create_task(self.send({"event": "kernel_state", "data": event}))
+        self.requests.add(task)
+        task.add_done_callback(self.requests.discard)
 
 
 Op = Callable[[dict[str, Any], Client], Awaitable[Any]]
@@ -58,7 +66,9 @@ class SupervisorServer:
             "connection_info": self.connection_info,
             "connection_opened": self.connection_opened,
             "connection_closed": self.connection_closed,
+            "subscribe": self.subscribe,
         }
+        kernels.listeners.add(self._broadcast)
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -95,16 +105,27 @@ class SupervisorServer:
         kernel = self.kernels.get(args.get("kernel_id"))
         return {"model": kernel.model(), "connection_info": kernel.connection_info()}
 
-    async def connection_opened(self, args: dict, client: Client) -> None:
-        kernel_id = valid_kernel_id(args.get("kernel_id"))
-        self.kernels.connection_opened(kernel_id)
-        client.connections[kernel_id] += 1
+    async def connection_opened(self, args: dict, client: Client) -> dict:
+        """A websocket opened; with `replay`, the iopub messages its session missed while away."""
+        kernel_id, session_id = valid_kernel_id(args.get("kernel_id")), _optional_str(args, "session_id")
+        missed = self.kernels.connection_opened(kernel_id, session_id)
+        client.connections[kernel_id, session_id] += 1
+        return {"missed": [wire.pack_parts(parts) for parts in missed] if args.get("replay") else []}
 
     async def connection_closed(self, args: dict, client: Client) -> None:
-        kernel_id = valid_kernel_id(args.get("kernel_id"))
-        if client.connections[kernel_id] > 0:
-            client.connections[kernel_id] -= 1
-            self.kernels.connection_closed(kernel_id)
+        kernel_id, session_id = valid_kernel_id(args.get("kernel_id")), _optional_str(args, "session_id")
+        if client.connections[kernel_id, session_id] > 0:
+            client.connections[kernel_id, session_id] -= 1
+            self.kernels.connection_closed(kernel_id, session_id, _optional_str(args, "last_msg_id"))
+
+    async def subscribe(self, args: dict, client: Client) -> None:
+        """From now on, push this client every kernel state change it cannot see on iopub."""
+        client.subscribed = True
+
+    def _broadcast(self, event: dict[str, Any]) -> None:
+        for client in self._clients:
+            if client.subscribed:
+                client.push(event)
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -121,13 +142,18 @@ class SupervisorServer:
             os.umask(old_umask)
 
     async def close(self) -> None:
+        self.kernels.listeners.discard(self._broadcast)
         if self._server:
             self._server.close()
         for client in list(self._clients):
             client.writer.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+        # Closing their connections ends the handlers; cancelling them would make asyncio's stream
+        # machinery log the cancellation as an error, so that is only the fallback.
+        if self._handlers:
+            _, stuck = await asyncio.wait(self._handlers, timeout=CLOSE_TIMEOUT)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         if self._server:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
@@ -156,10 +182,10 @@ class SupervisorServer:
             for task in list(client.requests):
                 task.cancel()
             await asyncio.gather(*client.requests, return_exceptions=True)
-            # A worker that went away took its websockets with it.
-            for kernel_id, count in client.connections.items():
+            # A worker that went away took its websockets with it; their sessions may come back.
+            for (kernel_id, session_id), count in client.connections.items():
                 for _ in range(count):
-                    self.kernels.connection_closed(kernel_id)
+                    self.kernels.connection_closed(kernel_id, session_id)
             self._clients.discard(client)
             writer.close()
             self._handlers.discard(handler)
@@ -185,6 +211,13 @@ class SupervisorServer:
                 await client.send(reply)
             except wire.WireError as e:
                 await client.send({"id": reply["id"], "error": {"code": "error", "message": str(e)}})
+
+
+def _optional_str(args: dict, name: str) -> str | None:
+    value = args.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
 
 
 def _same_user(writer: asyncio.StreamWriter) -> bool:

@@ -1,0 +1,107 @@
+"""What the supervisor hears on a kernel's iopub: execution state, last activity, and recent output kept
+for clients that reconnect.
+
+One SUB socket per kernel. The supervisor never relays these messages live (workers have their own
+sockets); it keeps a bounded buffer so that a client reconnecting with the same session_id, through any
+worker, gets what it missed while away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+
+log = logging.getLogger("kernels_gateway.supervisor")
+
+DELIMITER = b"<IDS|MSG>"
+# Requests that clients and the gateway send while a kernel runs a cell (control answers even then):
+# the busy/idle they cause says nothing about the kernel's work, as Jupyter Server also decided.
+UNTRACKED = frozenset({
+    "comm_info_request", "kernel_info_request", "shutdown_request", "interrupt_request", "debug_request",
+    "history_request", "usage_request", "inspect_request", "complete_request", "is_complete_request",
+})
+
+
+@dataclass(frozen=True)
+class ReplayLimits:
+    max_bytes: int = 8 << 20
+    max_age: float = 120.0
+
+
+class IOPub:
+    def __init__(self, kernel_id: str, limits: ReplayLimits):
+        self.kernel_id = kernel_id
+        self.limits = limits
+        self.execution_state = "starting"
+        self.last_activity = time.time()
+        self.idle = asyncio.Event()  # set by every `idle` status
+        self._seq = 0
+        self._buffer: deque[tuple[int, float, list[bytes]]] = deque()
+        self._buffered_bytes = 0
+        self._departed: dict[str, tuple[int, float]] = {}
+
+    async def watch(self, context: zmq.asyncio.Context, url: str) -> None:
+        sub = context.socket(zmq.SUB)
+        sub.linger = 0
+        sub.subscribe(b"")
+        sub.connect(url)
+        try:
+            while True:
+                parts = await sub.recv_multipart()
+                try:
+                    self._heard(parts[parts.index(DELIMITER) + 2 :])
+                except (ValueError, IndexError, KeyError, TypeError):
+                    log.warning("Kernel %s: unreadable iopub message ignored", self.kernel_id)
+        finally:
+            sub.close()
+
+    def _heard(self, parts: list[bytes]) -> None:
+        """parts: header, parent_header, metadata, content, *buffers."""
+        now = time.time()
+        self.last_activity = now
+        header = json.loads(parts[0])
+        if header.get("msg_type") == "status":
+            state = json.loads(parts[3])["execution_state"]
+            if state == "idle":
+                self.idle.set()
+            if json.loads(parts[1]).get("msg_type") not in UNTRACKED:
+                self.execution_state = state
+        self._seq += 1
+        self._buffer.append((self._seq, now, parts))
+        self._buffered_bytes += sum(map(len, parts))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        oldest = now - self.limits.max_age
+        while self._buffer and (self._buffered_bytes > self.limits.max_bytes or self._buffer[0][1] < oldest):
+            _, _, parts = self._buffer.popleft()
+            self._buffered_bytes -= sum(map(len, parts))
+
+    # -- replay --------------------------------------------------------------------------------
+
+    def depart(self, session_id: str, last_msg_id: str | None) -> None:
+        """A client of this session went away, having last seen `last_msg_id` (None: unknown)."""
+        seq = self._seq
+        if last_msg_id:
+            for number, _, parts in reversed(self._buffer):
+                if json.loads(parts[0]).get("msg_id") == last_msg_id:
+                    seq = number
+                    break
+        self._departed[session_id] = (seq, time.time())
+
+    def missed(self, session_id: str) -> list[list[bytes]]:
+        """What the session missed since it departed; each message is returned once."""
+        now = time.time()
+        self._trim(now)
+        self._departed = {s: d for s, d in self._departed.items() if d[1] > now - self.limits.max_age}
+        departed = self._departed.pop(session_id, None)
+        if departed is None:
+            return []
+        return [parts for number, _, parts in self._buffer if number > departed[0]]

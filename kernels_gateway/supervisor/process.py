@@ -1,0 +1,80 @@
+"""Kernel processes seen through pidfds: exit noticed at once, and kernels adopted after a supervisor restart.
+
+A pidfd becomes readable the moment its process exits, whether or not it is our child, so a kernel's
+death is an event rather than something a poll finds seconds later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import signal
+from pathlib import Path
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+async def exited(pid: int) -> None:
+    """Return once the process has exited (at once if it is already gone)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+    try:
+        await gone
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+class AdoptedProcess:
+    """The part of `subprocess.Popen` that jupyter_client's LocalProvisioner uses, for a kernel that a
+    previous supervisor started: we can signal it and see it exit, but not reap it or learn its code."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+        self._fd = os.pidfd_open(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self._fd], [], [], 0)[0]:
+            self.returncode = 0  # the real code went to the process's own parent
+            os.close(self._fd)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            select.select([self._fd], [], [], timeout)
+        code = self.poll()
+        if code is None:
+            raise TimeoutError(f"process {self.pid} still running")
+        return code
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            signal.pidfd_send_signal(self._fd, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def __del__(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
