@@ -106,7 +106,7 @@ async def schemathesis(tmp_path, *args: str) -> None:
 async def test_schemathesis_finds_nothing_with_our_description(fuzzed, tmp_path):
     # The websocket upgrade is left out: schemathesis speaks HTTP only and reuses a connection after a
     # 101. The websocket has its own fuzzer (test_fuzz_channels.py).
-    await schemathesis(tmp_path, f"{fuzzed.url}/api/spec.yaml", "--checks", "all", "--max-examples", "15",
+    await schemathesis(tmp_path, f"{fuzzed.url}/api/spec.yaml", "--checks", "all", "--max-examples", "10",
                        "--exclude-operation-id", "kernelChannels")
 
 
@@ -114,4 +114,4 @@ async def test_schemathesis_finds_nothing_with_our_description(fuzzed, tmp_path)
 async def test_schemathesis_finds_no_server_error_with_jupyter_servers_description(fuzzed, tmp_path):
     api = resources.files("jupyter_server") / "services" / "api" / "api.yaml"
     await schemathesis(tmp_path, str(api), "--url", fuzzed.url, "--include-path-regex", "^/api/kernel",
-                       "--checks", "not_a_server_error", "--max-examples", "10")
+                       "--checks", "not_a_server_error", "--max-examples", "8")

@@ -18,7 +18,7 @@ from .server import SupervisorServer
 log = logging.getLogger("kernels_gateway.supervisor")
 
 # Variables that belong to the gateway or to the service manager, never to a kernel. Every variable of
-# the gateway's own configuration is among them, since some of it is secret (a token, a key's password).
+# the gateway's own configuration is among them, since some of it is secret (a token).
 SECRET_ENV = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"})
 SECRET_ENV_PREFIXES = ("KERNELS_GATEWAY_", "KG_")
 
