@@ -94,6 +94,10 @@ class Config:
     replay_age: float = _opt(120.0, "seconds that replayable iopub messages are kept", (SUPERVISOR,))
     max_body_size: int = _opt(1 << 20, "largest request body in bytes", (WEB,))
     max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
+    max_output_buffer: int = _opt(
+        32 << 20, "kernel output in bytes waiting for one slow websocket before more is dropped (and the "
+        "client told)", (WEB,)
+    )
     certfile: str = _opt("", "TLS certificate chain (PEM): serve HTTPS and WSS", (WEB,), kg="KG_CERTFILE")
     keyfile: str = _opt("", "private key of --certfile (PEM), if not in that file", (WEB,), kg="KG_KEYFILE")
     client_ca: str = _opt(

@@ -192,3 +192,20 @@ async def test_two_protocols_on_one_kernel_see_each_others_output(kernel, connec
             if msg["header"]["msg_type"] == "stream":
                 assert msg["content"]["text"] == "shared\n"
                 break
+
+
+TWENTY_MIB = """
+import sys
+for i in range(20):
+    sys.stdout.write(chr(65 + i) * (1 << 20))
+    sys.stdout.flush()
+"""
+
+
+@both_protocols
+async def test_twenty_mib_of_output_all_arrive(kernel, connect, v1):
+    sock = await connect(kernel["id"], v1=v1)
+    reply, stdout = await sock.execute(TWENTY_MIB, timeout=120)
+    assert reply["content"]["status"] == "ok"
+    assert len(stdout) == 20 << 20
+    assert stdout == "".join(chr(65 + i) * (1 << 20) for i in range(20))

@@ -157,6 +157,10 @@ async def test_supervisor_crash_keeps_kernels_and_the_next_one_adopts_them(start
     assert not list((supervisor.runtime_dir / "kernels").glob("*.json"))
 
 
+async def _exists(path: Path) -> bool:
+    return path.exists()
+
+
 async def _logged(gw, line: str) -> bool:
     return line in gw.log()
 
@@ -352,3 +356,32 @@ async def _warm_kernels(gw, count: int) -> bool:
 async def _by_pid_when(gw, count: int):
     found = kernel_ids_by_pid(gw.runtime_dir)
     return found if len(found) == count else None
+
+
+async def test_a_slow_client_is_told_what_it_lost(start_gateway, http, tmp_path):
+    gw = await start_gateway("--initial-kernels", "0", "--max-output-buffer", str(1 << 20))
+    kernel_id = await start_kernel(http, gw)
+    sock = await KernelSocket.open(http, gw, kernel_id, max_msg_size=0)
+    done = tmp_path / "done"
+    code = (f"import sys\nfor i in range(400): sys.stdout.write('x' * 65536); sys.stdout.flush()\n"
+            f"open({str(done)!r}, 'w').close()")
+    request = sock.message("execute_request", {"code": code, "silent": False})
+    await sock.send(request)
+    # Read nothing until all 25 MiB are written: the socket buffers fill, then the outbox overflows.
+    await eventually(lambda: _exists(done), timeout=60)
+    received, notices = 0, []
+    async with asyncio.timeout(60):
+        while True:
+            msg = await sock.receive()
+            if msg["header"]["msg_type"] == "stream":
+                if msg["content"]["name"] == "stderr":
+                    notices.append(msg["content"]["text"])
+                else:
+                    received += len(msg["content"]["text"])
+            if msg["header"]["msg_type"] == "execute_reply":
+                break
+    assert notices and "could not keep up" in notices[0]
+    assert received < 400 * 65536
+    _, stdout = await sock.execute("print('fine')")
+    assert stdout == "fine\n"
+    await sock.close()

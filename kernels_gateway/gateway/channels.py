@@ -17,6 +17,7 @@ from jupyter_client.session import Session
 from ..supervisor.wire import kernel_url
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
 from .keys import CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
+from .outbox import Outbox
 
 log = logging.getLogger("kernels_gateway.channels")
 
@@ -31,9 +32,11 @@ LOGGED_DROPS = 10
 class KernelConnection:
     """One websocket's own ZMQ sockets to one kernel, and the session that signs what the client sends."""
 
-    def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any], ws: web.WebSocketResponse):
+    def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any],
+                 ws: web.WebSocketResponse, outbox_limit: int):
         self.kernel_id = kernel_id
         self.ws = ws
+        self.outbox = Outbox(outbox_limit)
         self._context = context
         self._open_sockets(info)
         # Kernel events that iopub cannot carry, pushed by the supervisor: a state (restarting, dead)
@@ -58,6 +61,7 @@ class KernelConnection:
             "iopub": self._connect("iopub", zmq.SUB),
         }
         self.sockets["iopub"].subscribe(b"")
+        self.sockets["iopub"].rcvhwm = 0  # ZMQ would drop silently; the outbox bounds and reports instead
 
     def _connect(self, channel: str, kind: int, identity: bytes | None = None) -> zmq.asyncio.Socket:
         sock = self._context.socket(kind)
@@ -103,15 +107,17 @@ class KernelConnection:
         """Carry messages both ways until the websocket closes or a kernel socket fails; when the kernel
         moves to new connection info, move this websocket's sockets with it."""
         from_client = asyncio.create_task(self._from_client(), name="from-client")
+        to_client = asyncio.create_task(self._outbox_to_client(), name="outbox-to-client")
         try:
             while True:
-                events = asyncio.create_task(self._events_to_client(), name="events-to-client")
+                events = asyncio.create_task(self._events(), name="events")
                 readers = [
                     asyncio.create_task(self._to_client(channel, sock), name=f"{channel}-to-client")
                     for channel, sock in self.sockets.items()
                 ]
                 try:
-                    done, _ = await asyncio.wait([from_client, events, *readers], return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait([from_client, to_client, events, *readers],
+                                                 return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for task in (events, *readers):
                         task.cancel()
@@ -125,7 +131,8 @@ class KernelConnection:
                 await self._follow_restart(events.result())
         finally:
             from_client.cancel()
-            await asyncio.gather(from_client, return_exceptions=True)
+            to_client.cancel()
+            await asyncio.gather(from_client, to_client, return_exceptions=True)
 
     async def _send(self, channel: str, body: list[bytes]) -> None:
         """body: header, parent_header, metadata, content, *buffers, as the kernel wrote them."""
@@ -136,6 +143,7 @@ class KernelConnection:
             await self.ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
 
     async def _to_client(self, channel: str, sock: zmq.asyncio.Socket) -> None:
+        """Drain one kernel socket into the outbox; never waits for the websocket."""
         while True:
             parts = await sock.recv_multipart()
             try:
@@ -151,10 +159,16 @@ class KernelConnection:
                     if json.loads(body[0]).get("msg_id") in self._replayed:
                         continue
                     self._replayed.clear()
-                self.last_iopub_header = body[0]
-            await self._send(channel, body)
+            self.outbox.put(channel, body)
 
-    async def _events_to_client(self) -> dict[str, Any]:
+    async def _outbox_to_client(self) -> None:
+        while True:
+            channel, body = await self.outbox.get()
+            await self._send(channel, body)
+            if channel == "iopub":
+                self.last_iopub_header = body[0]
+
+    async def _events(self) -> dict[str, Any]:
         """Relay supervisor-reported states as iopub status messages, as Jupyter Server does; return
         the connection info of the process that replaced a dead one."""
         while True:
@@ -169,7 +183,7 @@ class KernelConnection:
                 self._held = None
             status = self.session.msg("status", {"execution_state": state})
             pack = self.session.pack
-            await self._send("iopub", [pack(status["header"]), pack({}), pack({}), pack(status["content"])])
+            self.outbox.put("iopub", [pack(status["header"]), pack({}), pack({}), pack(status["content"])])
 
     async def _follow_restart(self, info: dict[str, Any]) -> None:
         """The kernel runs again. A process restarted in place keeps its endpoints, and ZMQ reconnects
@@ -244,7 +258,8 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a websocket upgrade")
     found = await supervisor.connection_info(kernel_id)  # an unknown kernel is a 404 before the upgrade
-    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, found["connection_info"], ws)
+    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, found["connection_info"], ws,
+                                  request.app[CONFIG].max_output_buffer)
     connections = request.app[CONNECTIONS].setdefault(kernel_id, set())
     try:
         await connection.nudge()
