@@ -35,7 +35,8 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(config.certfile, config.keyfile or None)
     except OSError as e:  # ssl's own errors do not name the file
-        raise RuntimeError(f"Cannot load TLS certificate {config.certfile} (key {config.keyfile or 'in it'}): {e}") from None
+        key = config.keyfile or "in it"
+        raise RuntimeError(f"Cannot load TLS certificate {config.certfile} (key {key}): {e}") from None
     if config.client_ca:
         try:
             context.load_verify_locations(config.client_ca)
