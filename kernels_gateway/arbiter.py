@@ -19,7 +19,7 @@ import sys
 import uuid
 
 from .config import SUPERVISOR, WEB, Config
-from .gateway.server import serving_url
+from .gateway.server import serving_url, ssl_context
 from .supervisor.main import prepare_runtime_dir
 from .systemd import Notifier
 
@@ -170,5 +170,6 @@ def _listen(config: Config) -> socket.socket:
 
 
 async def run(config: Config) -> int:
+    ssl_context(config)  # a certificate that cannot be loaded stops us before any kernel starts
     prepare_runtime_dir(config)
     return await Arbiter(config).run()

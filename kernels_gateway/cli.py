@@ -49,11 +49,9 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(asyncio.run(probe(config)))
     else:
-        from .arbiter import run
-
-        sys.exit(asyncio.run(run(config)))
+        from .arbiter import run as serve
     try:
-        asyncio.run(serve(config))
-    except (GatewayError, RuntimeError, OSError) as e:
+        sys.exit(asyncio.run(serve(config)))
+    except (GatewayError, RuntimeError, OSError) as e:  # OSError includes ssl.SSLError
         logging.getLogger("kernels_gateway").error("%s", getattr(e, "message", e))
         sys.exit(1)

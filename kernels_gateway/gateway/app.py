@@ -13,7 +13,8 @@ from ..supervisor.client import SupervisorClient
 from . import handlers
 from .channels import channels, close_all, relay_event
 from .errors import json_errors
-from .keys import CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
+from .keys import API_SPEC, CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
+from .limits import body_limit
 from .metrics import metrics, relay_counts
 
 KERNEL = "/api/kernels/{kernel_id}"
@@ -22,6 +23,8 @@ KERNEL = "/api/kernels/{kernel_id}"
 def routes(base: str) -> list[web.RouteDef]:
     return [
         web.get(f"{base}/api", handlers.api_info),
+        web.get(f"{base}/api/health", handlers.health),
+        web.get(f"{base}/api/spec.yaml", handlers.api_spec),
         web.get(f"{base}/api/kernelspecs", handlers.list_kernelspecs),
         web.get(f"{base}/api/kernelspecs/{{name}}", handlers.get_kernelspec),
         web.get(f"{base}/kernelspecs/{{name}}/{{path:.+}}", handlers.kernelspec_file),
@@ -53,8 +56,9 @@ async def zmq_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_size)
+    app = web.Application(middlewares=[json_errors, body_limit], client_max_size=config.max_body_size)
     app[CONFIG] = config
+    app[API_SPEC] = handlers.api_description(config.base)
     app[CONNECTIONS] = {}
     app.cleanup_ctx.extend([supervisor_client, zmq_context, relay_counts])
     app.on_shutdown.append(close_all)
