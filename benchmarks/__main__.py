@@ -20,7 +20,7 @@ from pathlib import Path
 from . import messages, report, rest, scale, starts
 from .results import Results
 from .settings import DEFAULT, QUICK, Settings
-from .targets import KG, RAW, REPO, THIS, KernelGateway, write_kernelspec
+from .targets import KG, RAW, REPO, THIS, Fleet, KernelGateway, write_kernelspec
 
 WORKLOADS = {
     "execute": messages.execute,
@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"seconds for each timed workload (REST load, execute load); default "
                         f"{DEFAULT.rest_seconds:g} and {DEFAULT.load_seconds:g}")
     p.add_argument("-n", "--samples", type=int, help=f"execute round trips per client (default {DEFAULT.execute_samples})")
-    p.add_argument("--quick", action="store_true", help="the smallest configuration: a smoke run, not a measurement")
+    p.add_argument("--quick", action="store_true", help="the smallest configuration, each server started once for all workloads: "
+                        "a smoke run, not a measurement")
     p.add_argument("-o", "--out", type=Path, default=RESULTS, help="folder for the results (default benchmarks/results)")
     p.add_argument("--note", default="", help="a line printed above the table and the chart, such as the machine's state")
     return p
@@ -89,17 +90,20 @@ def raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def run(workloads: list[str], targets: list[str], settings: Settings, results: Results, out: Path) -> None:
-    for workload in workloads:
-        print(f"-- {workload}", file=sys.stderr, flush=True)
-        began = time.monotonic()
-        try:
-            await WORKLOADS[workload](targets, settings, results)
-        except Exception as e:
-            traceback.print_exc()
-            results.note(workload, f"failed: {type(e).__name__}: {str(e)[:300]}")
-        results.meta.setdefault("seconds", {})[workload] = round(time.monotonic() - began, 1)
-        results.save(out / "results.json")  # after each workload, so that an interrupted run keeps its part
+async def run(workloads: list[str], fleet: Fleet, settings: Settings, results: Results, out: Path) -> None:
+    try:
+        for workload in workloads:
+            print(f"-- {workload}", file=sys.stderr, flush=True)
+            began = time.monotonic()
+            try:
+                await WORKLOADS[workload](fleet, settings, results)
+            except Exception as e:
+                traceback.print_exc()
+                results.note(workload, f"failed: {type(e).__name__}: {str(e)[:300]}")
+            results.meta.setdefault("seconds", {})[workload] = round(time.monotonic() - began, 1)
+            results.save(out / "results.json")  # after each workload, so that an interrupted run keeps its part
+    finally:
+        await fleet.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             results.note("all", f"Kernel Gateway could not be installed: {e}")
             targets.remove(KG)
     try:
-        asyncio.run(run(workloads, targets, settings, results, args.out))
+        asyncio.run(run(workloads, Fleet(targets, keep=args.quick), settings, results, args.out))
     finally:
         specs.cleanup()
     results.meta["load average at end"] = os.getloadavg()

@@ -10,7 +10,7 @@ import contextlib
 
 from .results import Results, median
 from .settings import Settings
-from .targets import running
+from .targets import Fleet
 
 EXECUTE = "execute"
 OUTPUT = "output"
@@ -44,9 +44,9 @@ def _protocols_of(clients) -> list[str]:
     return sorted({p for _, p, _ in clients if p != "zmq"}) or ["legacy"]
 
 
-async def execute(names: list[str], settings: Settings, results: Results) -> None:
+async def execute(fleet: Fleet, settings: Settings, results: Results) -> None:
     """Execute round trip of `1`: p50 and p99 per target and protocol."""
-    async with running(names) as targets:
+    async with fleet.running(fleet.names) as targets:
         await _execute(targets, settings, results)
 
 
@@ -78,9 +78,9 @@ async def _execute(targets, settings: Settings, results: Results) -> None:
         results.note(EXECUTE, f"{incomplete} requests got no reply within {settings.request_timeout:g} s")
 
 
-async def output(names: list[str], settings: Settings, results: Results) -> None:
+async def output(fleet: Fleet, settings: Settings, results: Results) -> None:
     """A kernel writing `output_mib` MiB to stdout: the share of bytes delivered and the rate."""
-    async with running(names) as targets:
+    async with fleet.running(fleet.names) as targets:
         await _output(targets, settings, results)
 
 

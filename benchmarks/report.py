@@ -25,17 +25,18 @@ GOALS = [
     ("load", r"lost replies", "0"),
 ]
 
-# What the chart shows: (title, workload, measures matching, log scale).
+# What the chart shows: (title, workload, the measures drawn).
 PANELS = [
-    ("Execute round trip p50 (ms)", "execute", r"p50", True),
-    ("POST to first kernel_info_reply p50 (ms)", "start", r"p50", True),
-    ("20 MiB of stdout: delivered (%)", "output", r"delivered", False),
-    ("20 MiB of stdout: throughput (MB/s)", "output", r"throughput", False),
-    ("GET /api/kernels/{id} (req/s)", "rest", r"^GET", False),
-    ("Idle websockets: server RSS growth (MiB)", "idle-websockets", r"RSS growth", False),
-    ("Concurrent starts: owner RSS per kernel (MiB)", "concurrent-starts", r"per kernel", False),
-    ("Load: execute round trip (ms)", "load", r"round trip", True),
+    ("Execute round trip p50 (ms)", "execute", r"p50"),
+    ("POST to first kernel_info_reply p50 (ms)", "start", r"p50"),
+    ("{output_mib} MiB of stdout: delivered (%)", "output", r"delivered"),
+    ("{output_mib} MiB of stdout: throughput (MB/s)", "output", r"throughput"),
+    ("GET /api/kernels/{{id}}, {rest_connections} connections (req/s)", "rest", r"^GET"),
+    ("{idle_websockets} idle websockets: server RSS growth (MiB)", "idle-websockets", r"RSS growth"),
+    ("{concurrent_starts} concurrent starts: owner's RSS per kernel (MiB)", "concurrent-starts", r"per kernel"),
+    ("{load_clients} clients on {load_kernels} kernels: round trip (ms)", "load", r"round trip"),
 ]
+SHORT = {THIS: "kgw", KG: "KG", RAW: "raw"}
 
 
 def _fmt(value) -> str:
@@ -103,33 +104,52 @@ def chart(results: Results, path: Path) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
+    from matplotlib.patches import Patch
 
     figure, axes = pyplot.subplots(2, 4, figsize=(20, 9))
-    for axis, (title, workload, pattern, log) in zip(axes.flat, PANELS):
-        bars = [m for m in results.measures
-                if m.workload == workload and re.search(pattern, m.measure) and m.value is not None]
-        axis.set_title(title, fontsize=10)
+    settings = results.meta.get("settings", {})
+    for axis, (title, workload, pattern) in zip(axes.flat, PANELS):
+        axis.set_title(title.format(**settings), fontsize=10)
+        bars = _bars(results, workload, pattern)
         if not bars:
             axis.text(0.5, 0.5, "not measured", ha="center", va="center", transform=axis.transAxes)
             axis.set_xticks([])
             axis.set_yticks([])
             continue
-        labels = [f"{m.target}\n{_variant(m.measure)}" for m in bars]
         drawn = axis.bar(range(len(bars)), [m.value for m in bars], color=[COLOURS[m.target] for m in bars])
         axis.bar_label(drawn, labels=[_fmt(m.value) for m in bars], fontsize=8)
-        axis.set_xticks(range(len(bars)), labels, fontsize=7)
-        if log and min(m.value for m in bars) > 0:
-            axis.set_yscale("log")
+        labels = [f"{SHORT[m.target]}\n{_variant(m.measure, m.target)}" for m in bars]
+        axis.set_xticks(range(len(bars)), labels, fontsize=8)
         axis.margins(y=0.15)
+    kg = next((v for v in results.meta.get("versions", "").split("; ") if v.startswith("jupyter_kernel_gateway")), "")
+    names = {THIS: "kgw: kernels-gateway (this checkout)", KG: f"KG: Kernel Gateway {kg.split(' ')[1] if kg else ''}",
+             RAW: "raw: jupyter_client over ZMQ"}
+    figure.legend(handles=[Patch(color=COLOURS[t], label=names[t]) for t in TARGETS], loc="lower center", ncol=3)
     note = results.meta.get("note", "")
-    figure.suptitle(f"kernels-gateway beside Kernel Gateway and raw jupyter_client — {results.meta.get('date', '')}"
+    figure.suptitle(f"kernels-gateway beside Kernel Gateway and raw jupyter_client, {results.meta.get('date', '')}"
                     + (f"\n{note}" if note else ""), fontsize=12)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     figure.savefig(path, dpi=80)
     pyplot.close(figure)
 
 
-def _variant(measure: str) -> str:
-    """The part of a measure's name that tells bars of one target apart: (v1), (warm pool), p99 ..."""
-    found = re.findall(r"\(([^)]*)\)|\b(p\d\d)\b", measure)
-    return " ".join(a or b for a, b in found)
+def _bars(results: Results, workload: str, pattern: str) -> list:
+    """The panel's measures; a reference recorded beside several variants (raw ZMQ is the reference for
+    both websocket protocols) is drawn once."""
+    bars, seen = [], set()
+    for m in results.measures:
+        if m.workload != workload or not re.search(pattern, m.measure) or m.value is None:
+            continue
+        key = (m.target, re.sub(r"\((legacy|v1)\)", "", m.measure), m.value)
+        if m.target == RAW and key in seen:
+            continue
+        seen.add(key)
+        bars.append(m)
+    return bars
+
+
+def _variant(measure: str, target: str) -> str:
+    """The part of a measure's name that tells bars of one target apart: (v1), (warm pool), p99 ...;
+    raw ZMQ has no websocket protocol."""
+    found = [a or b for a, b in re.findall(r"\(([^)]*)\)|\b(p\d\d)\b", measure)]
+    return " ".join(v for v in found if not (target == RAW and v in ("legacy", "v1")))

@@ -13,7 +13,7 @@ import aiohttp
 
 from .results import Results
 from .settings import Settings
-from .targets import RAW, THIS, running
+from .targets import RAW, THIS, Fleet
 
 REST = "rest"
 WRK_THREADS = 1  # on a 2-core machine, one wrk thread leaves the other core to the server
@@ -65,15 +65,15 @@ async def _aiohttp(url: str, connections: int, seconds: float) -> tuple[float, i
     return counts["ok"] / elapsed, counts["failed"]
 
 
-async def rest(names: list[str], settings: Settings, results: Results) -> None:
+async def rest(fleet: Fleet, settings: Settings, results: Results) -> None:
     generate = _wrk if shutil.which("wrk") else _aiohttp
     results.meta["load generator"] = load_generator(settings.rest_connections)
     measure = f"GET /api/kernels/{{id}}, {settings.rest_connections} connections"
-    for name in names:
+    for name in fleet.names:
         if name == RAW:
             continue
         args = ("--workers", str(settings.rest_workers)) if name == THIS else ()
-        async with running([name], *args) as [target]:
+        async with fleet.running([name], *args) as [target]:
             kernel_id = await target.start_kernel()
             url = f"{target.url}/api/kernels/{kernel_id}"
             if settings.rest_warmup:  # connections opened, caches filled
@@ -81,6 +81,6 @@ async def rest(names: list[str], settings: Settings, results: Results) -> None:
             rate, failed = await generate(url, settings.rest_connections, settings.rest_seconds)
             results.record(REST, measure, target.name, round(rate, 1), "req/s")
             results.record(REST, "failed requests", target.name, failed, "requests")
-    if THIS in names:
+    if THIS in fleet.names:
         results.note(REST, f"kernels-gateway ran with --workers {settings.rest_workers}; "
                            f"load from {results.meta['load generator']}")

@@ -8,21 +8,21 @@ import time
 
 from .results import Results
 from .settings import Settings
-from .targets import RAW, rss_bytes, running, settled_kernels
+from .targets import RAW, Fleet, rss_bytes, settled_kernels
 
 IDLE = "idle-websockets"
 LOAD = "load"
 OPEN_AT_ONCE = 50  # websockets being opened at any one time
 
 
-async def idle_websockets(names: list[str], settings: Settings, results: Results) -> None:
+async def idle_websockets(fleet: Fleet, settings: Settings, results: Results) -> None:
     """`idle_websockets` websockets to one kernel, held open: how many open, and the growth in resident
     memory of the process serving them (this gateway's one web worker, Kernel Gateway itself)."""
     n = settings.idle_websockets
-    for name in names:
+    for name in fleet.names:
         if name == RAW:
             continue
-        async with running([name]) as [target]:
+        async with fleet.running([name]) as [target]:
             kernel_id = await target.start_kernel()
             first = await target.connect(kernel_id, v1=False)  # code paths loaded before the baseline
             await first.execute("1", settings.request_timeout)
@@ -56,11 +56,11 @@ async def idle_websockets(names: list[str], settings: Settings, results: Results
             results.note(IDLE, f"{name}: the kernel did not answer over the last websocket once all were open")
 
 
-async def load(names: list[str], settings: Settings, results: Results) -> None:
+async def load(fleet: Fleet, settings: Settings, results: Results) -> None:
     """`load_clients` clients, each on its own connection to one of `load_kernels` kernels, executing `1`
     back to back for `load_seconds`: executions, lost replies, latency."""
-    for name in names:
-        async with running([name]) as [target]:
+    for name in fleet.names:
+        async with fleet.running([name]) as [target]:
             kernel_ids = [await target.start_kernel() for _ in range(settings.load_kernels)]
             await settled_kernels(target.folder, len(kernel_ids), timeout=60.0)
             clients = [await target.connect(kernel_ids[i % len(kernel_ids)], v1=True)

@@ -8,7 +8,7 @@ import time
 
 from .results import Results
 from .settings import Settings
-from .targets import RAW, THIS, ThisGateway, rss_bytes, running, settled_kernels
+from .targets import RAW, THIS, Fleet, ThisGateway, rss_bytes, settled_kernels
 
 START = "start"
 CONCURRENT = "concurrent-starts"
@@ -31,15 +31,15 @@ async def first_reply(target, body: dict, timeout: float) -> tuple[str, float | 
     return kernel_id, seconds if outcome.complete else None
 
 
-async def start(names: list[str], settings: Settings, results: Results) -> None:
-    async with running(names) as targets:
+async def start(fleet: Fleet, settings: Settings, results: Results) -> None:
+    async with fleet.running(fleet.names) as targets:
         await _starts(targets, COLD, "cold", settings, results)
-    if THIS not in names:
+    if THIS not in fleet.names:
         return
     if not ThisGateway.has_option("--pool"):
         results.note(START, "warm pool not measured: this gateway has no --pool option yet")
         return
-    async with running([THIS], *POOL) as targets:
+    async with fleet.running([THIS], *POOL) as targets:
         await _starts(targets, {}, "warm pool", settings, results)
 
 
@@ -62,14 +62,14 @@ async def _starts(targets, body: dict, kind: str, settings: Settings, results: R
         results.latency(START, FIRST_REPLY.replace("{kind}", kind), name, seconds)
 
 
-async def concurrent_starts(names: list[str], settings: Settings, results: Results) -> None:
+async def concurrent_starts(fleet: Fleet, settings: Settings, results: Results) -> None:
     """`concurrent_starts` kernels asked for at once: how many answer, how long it takes, and what the
     process that owns the kernels (this gateway's supervisor, Kernel Gateway itself) gains per kernel."""
     n = settings.concurrent_starts
-    for name in names:
+    for name in fleet.names:
         if name == RAW:
             continue
-        async with running([name]) as [target]:
+        async with fleet.running([name]) as [target]:
             await settled_kernels(target.folder)
             before = rss_bytes(target.kernels_pid())
             began = time.perf_counter()

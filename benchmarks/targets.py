@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 from jupyter_client import AsyncKernelManager
+from jupyter_client.session import Session
 
 from .clients import RawKernel, WebsocketKernel
 
@@ -86,7 +87,7 @@ async def settled_kernels(folder: Path, at_least: int = 0, timeout: float = 30.0
             if len(ticks) >= at_least and ticks == previous:
                 return len(ticks)
             previous = ticks
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.2)
     return -1
 
 
@@ -313,8 +314,11 @@ class RawKernels:
 
     async def connect(self, kernel_id: str, v1: bool = False) -> RawKernel:
         """A client whose iopub subscription is live (jupyter_client's own wait_for_ready), as a gateway's
-        websocket is once it has been accepted."""
-        client = self.managers[kernel_id].client()
+        websocket is once it has been accepted. Each client gets a Session of its own: clients sharing one
+        would reject each other's iopub messages as replayed (duplicate signatures)."""
+        manager = self.managers[kernel_id]
+        session = Session(key=manager.session.key, signature_scheme=manager.session.signature_scheme)
+        client = manager.client(session=session)
         client.start_channels()
         await client.wait_for_ready(timeout=READY_TIMEOUT)
         return RawKernel(client)
@@ -327,8 +331,30 @@ def make(name: str, *gateway_args: str) -> Server | RawKernels:
     return {KG: KernelGateway, RAW: RawKernels}[name]()
 
 
-@contextlib.asynccontextmanager
-async def running(names: list[str], *gateway_args: str):
-    """The named targets, started in order and all stopped afterwards."""
-    async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(make(name, *gateway_args)) for name in names]
+class Fleet:
+    """The chosen targets, started for each workload that asks and stopped after it. With `keep` (the
+    smoke run's shortcut; a measurement wants fresh servers) a target started once, with the same
+    arguments, serves every later workload, and all stop when the fleet closes."""
+
+    def __init__(self, names: list[str], keep: bool = False):
+        self.names = names
+        self.keep = keep
+        self._kept: dict[tuple[str, ...], Server | RawKernels] = {}
+        self._stack = contextlib.AsyncExitStack()
+
+    @contextlib.asynccontextmanager
+    async def running(self, names: list[str], *gateway_args: str):
+        if self.keep:
+            yield [await self._kept_target(name, gateway_args) for name in names]
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            yield [await stack.enter_async_context(make(name, *gateway_args)) for name in names]
+
+    async def _kept_target(self, name: str, gateway_args: tuple[str, ...]) -> Server | RawKernels:
+        key = (name, *(gateway_args if name == THIS else ()))
+        if key not in self._kept:
+            self._kept[key] = await self._stack.enter_async_context(make(name, *gateway_args))
+        return self._kept[key]
+
+    async def close(self) -> None:
+        await self._stack.aclose()
