@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import messages, report, rest, scale, starts
-from .results import Results
+from .results import Results, describe
 from .settings import DEFAULT, QUICK, Settings
 from .targets import KG, RAW, REPO, THIS, Fleet, KernelGateway, write_kernelspec
 
@@ -99,7 +99,7 @@ async def run(workloads: list[str], fleet: Fleet, settings: Settings, results: R
                 await WORKLOADS[workload](fleet, settings, results)
             except Exception as e:
                 traceback.print_exc()
-                results.note(workload, f"failed: {type(e).__name__}: {str(e)[:300]}")
+                results.note(workload, f"failed: {describe(e)}")
             results.meta.setdefault("seconds", {})[workload] = round(time.monotonic() - began, 1)
             results.save(out / "results.json")  # after each workload, so that an interrupted run keeps its part
     finally:

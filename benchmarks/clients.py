@@ -121,6 +121,18 @@ class WebsocketKernel:
         """Until the reply only: a first request need not wait for its iopub."""
         return await self.request("kernel_info_request", {}, idle=False, timeout=timeout)
 
+    async def alive(self, wait: float = 0.5) -> bool:
+        """Whether the server still holds this websocket open: frames waiting to be read are skipped, a
+        close from the server (some accept the upgrade and only then give up) counts as gone."""
+        try:
+            while True:
+                frame = await self.ws.receive(timeout=wait)
+                if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                  aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    return False
+        except TimeoutError:
+            return not self.ws.closed
+
     async def close(self) -> None:
         await self.ws.close()
 

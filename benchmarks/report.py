@@ -21,6 +21,7 @@ GOALS = [
     ("rest", r"^GET", "≥ 3 × Kernel Gateway"),
     ("rest", r"failed", "0"),
     ("idle-websockets", r"RSS growth", "≤ 100 MB"),
+    ("idle-websockets", r"websockets: open$", "all"),
     ("concurrent-starts", r"answered$", "all"),
     ("load", r"lost replies", "0"),
 ]

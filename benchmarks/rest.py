@@ -73,14 +73,15 @@ async def rest(fleet: Fleet, settings: Settings, results: Results) -> None:
         if name == RAW:
             continue
         args = ("--workers", str(settings.rest_workers)) if name == THIS else ()
-        async with fleet.running([name], *args) as [target]:
-            kernel_id = await target.start_kernel()
-            url = f"{target.url}/api/kernels/{kernel_id}"
-            if settings.rest_warmup:  # connections opened, caches filled
-                await generate(url, settings.rest_connections, 1.0)
-            rate, failed = await generate(url, settings.rest_connections, settings.rest_seconds)
-            results.record(REST, measure, target.name, round(rate, 1), "req/s")
-            results.record(REST, "failed requests", target.name, failed, "requests")
+        with results.guard(REST, name):
+            async with fleet.running([name], *args) as [target]:
+                kernel_id = await target.start_kernel()
+                url = f"{target.url}/api/kernels/{kernel_id}"
+                if settings.rest_warmup:  # connections opened, caches filled
+                    await generate(url, settings.rest_connections, 1.0)
+                rate, failed = await generate(url, settings.rest_connections, settings.rest_seconds)
+                results.record(REST, measure, target.name, round(rate, 1), "req/s")
+                results.record(REST, "failed requests", target.name, failed, "requests")
     if THIS in fleet.names:
         results.note(REST, f"kernels-gateway ran with --workers {settings.rest_workers}; "
                            f"load from {results.meta['load generator']}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,13 @@ def percentile(values: list[float], q: float) -> float | None:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def describe(error: BaseException) -> str:
+    """An error in a line: an HTTP status where there is one, the message cut short."""
+    status = getattr(error, "status", None)
+    text = f"{type(error).__name__}" + (f" (HTTP {status})" if status else "") + f": {error}"
+    return text[:300]
 
 
 def median(values: list[float]) -> float | None:
@@ -51,6 +61,15 @@ class Results:
 
     def note(self, workload: str, text: str) -> None:
         self.notes.setdefault(workload, []).append(text)
+
+    @contextlib.contextmanager
+    def guard(self, workload: str, target: str):
+        """Run one target's part of a workload; if it fails, say so and go on with the next target."""
+        try:
+            yield
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            self.note(workload, f"{target}: failed: {describe(e)}")
 
     def value(self, workload: str, measure: str, target: str) -> float | None:
         for m in self.measures:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .results import Results
+from .results import Results, describe
 from .settings import Settings
 from .targets import RAW, THIS, Fleet, ThisGateway, rss_bytes, settled_kernels
 
@@ -65,29 +65,33 @@ async def _starts(targets, body: dict, kind: str, settings: Settings, results: R
 async def concurrent_starts(fleet: Fleet, settings: Settings, results: Results) -> None:
     """`concurrent_starts` kernels asked for at once: how many answer, how long it takes, and what the
     process that owns the kernels (this gateway's supervisor, Kernel Gateway itself) gains per kernel."""
-    n = settings.concurrent_starts
     for name in fleet.names:
-        if name == RAW:
-            continue
-        async with fleet.running([name]) as [target]:
-            await settled_kernels(target.folder)
-            before = rss_bytes(target.kernels_pid())
-            began = time.perf_counter()
-            outcomes = await asyncio.gather(
-                *(first_reply(target, {}, settings.request_timeout) for _ in range(n)), return_exceptions=True
-            )
-            wall = time.perf_counter() - began
-            answered = [o for o in outcomes if not isinstance(o, BaseException) and o[1] is not None]
-            failures = [o for o in outcomes if isinstance(o, BaseException)]
-            if failures:
-                results.note(CONCURRENT, f"{target.name}: {len(failures)} failed, first: {failures[0]!r:.300}")
-            await settled_kernels(target.folder, len(answered))
-            grown = rss_bytes(target.kernels_pid()) - before
-            results.record(CONCURRENT, f"{n} at once: answered", target.name, len(answered), "kernels")
-            results.record(CONCURRENT, f"{n} at once: all answered after", target.name, round(wall, 3), "s")
-            results.latency(CONCURRENT, f"{n} at once: each {{p}}", target.name, [o[1] for o in answered])
-            if answered:
-                results.record(CONCURRENT, "kernel owner's RSS per kernel", target.name,
-                               round(grown / len(answered) / 2**20, 2), "MiB")
-            started = [o[0] for o in outcomes if not isinstance(o, BaseException)]
-            await asyncio.gather(*(target.delete_kernel(k) for k in started), return_exceptions=True)
+        if name != RAW:
+            with results.guard(CONCURRENT, name):
+                async with fleet.running([name]) as [target]:
+                    await _concurrent_starts(target, settings, results)
+
+
+async def _concurrent_starts(target, settings: Settings, results: Results) -> None:
+    n = settings.concurrent_starts
+    await settled_kernels(target.folder)
+    before = rss_bytes(target.kernels_pid())
+    began = time.perf_counter()
+    outcomes = await asyncio.gather(
+        *(first_reply(target, {}, settings.request_timeout) for _ in range(n)), return_exceptions=True
+    )
+    wall = time.perf_counter() - began
+    answered = [o for o in outcomes if not isinstance(o, BaseException) and o[1] is not None]
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        results.note(CONCURRENT, f"{target.name}: {len(failures)} did not start; first: {describe(failures[0])}")
+    await settled_kernels(target.folder, len(answered))
+    grown = rss_bytes(target.kernels_pid()) - before
+    results.record(CONCURRENT, f"{n} at once: answered", target.name, len(answered), "kernels")
+    results.record(CONCURRENT, f"{n} at once: all answered after", target.name, round(wall, 3), "s")
+    results.latency(CONCURRENT, f"{n} at once: each {{p}}", target.name, [o[1] for o in answered])
+    if answered:
+        results.record(CONCURRENT, "kernel owner's RSS per kernel", target.name,
+                       round(grown / len(answered) / 2**20, 2), "MiB")
+    started = [o[0] for o in outcomes if not isinstance(o, BaseException)]
+    await asyncio.gather(*(target.delete_kernel(k) for k in started), return_exceptions=True)
