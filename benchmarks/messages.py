@@ -15,13 +15,16 @@ from .targets import Fleet
 EXECUTE = "execute"
 OUTPUT = "output"
 ROUND_TRIP = "round trip {p} ({protocol})"
-LINE = 1024  # bytes per write, newline included
+CHUNK = 64 * 1024  # bytes per write, newline included
 
 
 def output_cell(mib: int) -> str:
-    """`mib` MiB of stdout, written the way a chatty program writes: one 1 KiB line at a time."""
-    lines = mib * 1024 * 1024 // LINE
-    return f"import sys\n_line = 'x' * {LINE - 1} + '\\n'\nfor _ in range({lines}):\n    sys.stdout.write(_line)\n"
+    """`mib` MiB of stdout as fast as the kernel can send it: 64 KiB written and flushed at a time, so it
+    leaves as a stream of messages of that size (unflushed, ipykernel would batch it into a few huge
+    ones, which a rate limit drops whole)."""
+    chunks = mib * 1024 * 1024 // CHUNK
+    return (f"import sys\n_chunk = 'x' * {CHUNK - 1} + '\\n'\nfor _ in range({chunks}):\n"
+            f"    sys.stdout.write(_chunk)\n    sys.stdout.flush()\n")
 
 
 async def _clients(targets, results: Results, workload: str) -> list:

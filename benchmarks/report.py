@@ -58,7 +58,8 @@ COUNTS = {"replies", "requests", "websockets", "kernels"}  # successes and failu
 def _ratio(ours, reference, unit: str) -> str:
     if ours is None or not reference or unit in COUNTS:
         return ""
-    return f"{ours / reference:.2f}×"
+    ratio = ours / reference
+    return "> 100×" if ratio > 100 else f"{ratio:.2f}×"
 
 
 def _goal(workload: str, measure: str) -> str:

@@ -215,8 +215,9 @@ class ThisGateway(Server):
 
     def command(self):
         argv = [sys.executable, "-m", "kernels_gateway", "--ip", "127.0.0.1", "--port", str(self.port),
-                "--runtime-dir", str(self.folder / "rt"), "--initial-kernels", "0", "--log-level", "WARNING",
-                *self.args]
+                "--runtime-dir", str(self.folder / "rt"), "--log-level", "WARNING", *self.args]
+        if self.has_option("--initial-kernels"):  # workloads start the kernels they need, as with the others
+            argv += ["--initial-kernels", "0"]
         return argv, dict(os.environ), REPO
 
     def _child(self, role: str) -> list[int]:
