@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the smallest configuration, each server started once for all workloads: "
                         "a smoke run, not a measurement")
     p.add_argument("-o", "--out", type=Path, default=RESULTS, help="folder for the results (default benchmarks/results)")
+    p.add_argument("--report", type=Path, metavar="RESULTS_JSON",
+                   help="measure nothing: redraw the table and the chart of a saved results.json into --out")
     p.add_argument("--note", default="", help="a line printed above the table and the chart, such as the machine's state")
     return p
 
@@ -106,8 +108,19 @@ async def run(workloads: list[str], fleet: Fleet, settings: Settings, results: R
         await fleet.close()
 
 
+def write_report(results: Results, out: Path) -> None:
+    text = report.markdown(results)
+    (out / "results.md").write_text(text)
+    report.chart(results, out / "results.png")
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        write_report(Results.load(args.report), args.out)
+        return 0
     workloads = choose(args.workloads, WORKLOADS, GROUPS)
     targets = [TARGETS[t] for t in choose(args.targets, TARGETS)]
     settings = QUICK if args.quick else DEFAULT
@@ -115,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.with_duration(args.duration)
     if args.samples:
         settings = Settings(**{**asdict(settings), "execute_samples": args.samples})
-    args.out.mkdir(parents=True, exist_ok=True)
     raise_file_limit()
     specs = tempfile.TemporaryDirectory(prefix="kgb-specs-")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(write_kernelspec(Path(specs.name))),
@@ -142,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         specs.cleanup()
     results.meta["load average at end"] = os.getloadavg()
     results.save(args.out / "results.json")
-    text = report.markdown(results)
-    (args.out / "results.md").write_text(text)
-    report.chart(results, args.out / "results.png")
-    print(text)
+    write_report(results, args.out)
     return 0
 
 

@@ -33,7 +33,7 @@ PANELS = [
     ("{output_mib} MiB of stdout: delivered (%)", "output", r"delivered"),
     ("{output_mib} MiB of stdout: throughput (MB/s)", "output", r"throughput"),
     ("GET /api/kernels/{{id}}, {rest_connections} connections (req/s)", "rest", r"^GET"),
-    ("{idle_websockets} idle websockets: server RSS growth (MiB)", "idle-websockets", r"RSS growth"),
+    ("{idle_websockets} idle websockets asked for: RSS per open one (KiB)", "idle-websockets", r"RSS per"),
     ("{concurrent_starts} concurrent starts: owner's RSS per kernel (MiB)", "concurrent-starts", r"per kernel"),
     ("{load_clients} clients on {load_kernels} kernels: round trip (ms)", "load", r"round trip"),
 ]

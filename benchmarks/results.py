@@ -25,8 +25,9 @@ def percentile(values: list[float], q: float) -> float | None:
 def describe(error: BaseException) -> str:
     """An error in a line: an HTTP status where there is one, the message cut short."""
     status = getattr(error, "status", None)
-    text = f"{type(error).__name__}" + (f" (HTTP {status})" if status else "") + f": {error}"
-    return text[:300]
+    if status:  # aiohttp's response errors: the message, without the whole URL
+        return f"{type(error).__name__} (HTTP {status}): {getattr(error, 'message', error)}"[:300]
+    return f"{type(error).__name__}: {error}"[:300]
 
 
 def median(values: list[float]) -> float | None:
