@@ -101,11 +101,17 @@ class Child:
 class Arbiter:
     def __init__(self, config: Config):
         self.config = config
-        self.listener = _listen(config)
+        # One socket per worker, all bound to the port with SO_REUSEPORT: the kernel spreads new
+        # connections across them evenly, where workers sharing one socket leave it to whichever wakes
+        # first (under load, one worker took every connection). The arbiter keeps them open, so a
+        # restarted worker finds its queue of waiting connections intact.
+        self.listeners = [_listen(config) for _ in range(config.workers)]
         supervisor_ready = READY_TIMEOUT + config.kernel_start_timeout * config.initial_kernels
         self.supervisor = Child(SUPERVISOR, config.args_for(SUPERVISOR), supervisor_ready)
-        web_args = config.args_for(WEB) + ["--fd", str(self.listener.fileno())]
-        self.workers = [Child(WEB, web_args, READY_TIMEOUT, (self.listener.fileno(),)) for _ in range(config.workers)]
+        self.workers = [
+            Child(WEB, config.args_for(WEB) + ["--fd", str(listener.fileno())], READY_TIMEOUT, (listener.fileno(),))
+            for listener in self.listeners
+        ]
         self.stopping = asyncio.Event()
 
     async def run(self) -> int:
@@ -159,12 +165,13 @@ class Arbiter:
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop(STOP_GRACE[WEB]) for worker in self.workers))
         await self.supervisor.stop(STOP_GRACE[SUPERVISOR] + self.config.shutdown_wait)
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
 
 
 def _listen(config: Config) -> socket.socket:
     family = socket.AF_INET6 if ":" in config.ip else socket.AF_INET
-    listener = socket.create_server((config.ip, config.port), family=family, backlog=1024)
+    listener = socket.create_server((config.ip, config.port), family=family, backlog=1024, reuse_port=True)
     listener.set_inheritable(True)
     return listener
 

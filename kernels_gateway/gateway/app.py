@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 from collections.abc import AsyncIterator
 
 import zmq.asyncio
@@ -18,6 +19,7 @@ from .limits import body_limit
 from .metrics import metrics, relay_counts
 
 KERNEL = "/api/kernels/{kernel_id}"
+MAX_ZMQ_SOCKETS = 65536
 
 
 def routes(base: str) -> list[web.RouteDef]:
@@ -51,6 +53,9 @@ async def supervisor_client(app: web.Application) -> AsyncIterator[None]:
 
 async def zmq_context(app: web.Application) -> AsyncIterator[None]:
     app[ZMQ_CONTEXT] = zmq.asyncio.Context()
+    # ZMQ's default of 1023 sockets would cap a worker at about 250 websockets; the open-file limit
+    # (raised to its hard limit at start-up) is the real bound.
+    app[ZMQ_CONTEXT].max_sockets = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], MAX_ZMQ_SOCKETS)
     yield
     app[ZMQ_CONTEXT].destroy(linger=0)
 
