@@ -19,8 +19,8 @@ import sys
 import uuid
 
 from .config import SUPERVISOR, WEB, Config
-from .gateway.server import serving_url
-from .supervisor.main import SECRET_ENV, prepare_runtime_dir
+from .gateway.server import serving_url, ssl_context
+from .supervisor.main import SECRET_ENV, SECRET_ENV_PREFIXES, prepare_runtime_dir
 from .systemd import Notifier
 
 log = logging.getLogger("kernels_gateway")
@@ -100,14 +100,18 @@ class Child:
 class Arbiter:
     def __init__(self, config: Config):
         self.config = config
-        self.listener = _listen(config)
+        # One socket per worker, all bound to the port with SO_REUSEPORT: the kernel spreads new
+        # connections across them evenly, where workers sharing one socket leave it to whichever wakes
+        # first (under load, one worker took every connection). The arbiter keeps them open, so a
+        # restarted worker finds its queue of waiting connections intact.
+        self.listeners = [_listen(config) for _ in range(config.workers)]
         supervisor_ready = READY_TIMEOUT + config.kernel_start_timeout * config.initial_kernels
         self.supervisor = Child(SUPERVISOR, config.args_for(SUPERVISOR), _child_env(config, SUPERVISOR),
                                 supervisor_ready)
-        web_args = config.args_for(WEB) + ["--fd", str(self.listener.fileno())]
         self.workers = [
-            Child(WEB, web_args, _child_env(config, WEB), READY_TIMEOUT, (self.listener.fileno(),))
-            for _ in range(config.workers)
+            Child(WEB, config.args_for(WEB) + ["--fd", str(listener.fileno())], _child_env(config, WEB),
+                  READY_TIMEOUT, (listener.fileno(),))
+            for listener in self.listeners
         ]
         self.stopping = asyncio.Event()
 
@@ -162,24 +166,26 @@ class Arbiter:
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop(STOP_GRACE[WEB]) for worker in self.workers))
         await self.supervisor.stop(STOP_GRACE[SUPERVISOR] + self.config.shutdown_wait)
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
 
 
 def _child_env(config: Config, role: str) -> dict[str, str]:
-    """Secrets travel as variables, and only to the role that needs them: the supervisor, parent of
-    every kernel, never holds the token. Children report to us, so the service manager's variables
-    (its watchdog, its sockets) are ours alone."""
-    inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    """Children get their configuration as flags, and secrets as variables, only where needed: the
+    supervisor, parent of every kernel, never holds the token. Children report to us, so the service
+    manager's variables (its watchdog, its sockets) are ours alone."""
+    inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV and not k.startswith(SECRET_ENV_PREFIXES)}
     return {**inherited, **config.env_for(role)}
 
 
 def _listen(config: Config) -> socket.socket:
     family = socket.AF_INET6 if ":" in config.ip else socket.AF_INET
-    listener = socket.create_server((config.ip, config.port), family=family, backlog=1024)
+    listener = socket.create_server((config.ip, config.port), family=family, backlog=1024, reuse_port=True)
     listener.set_inheritable(True)
     return listener
 
 
 async def run(config: Config) -> int:
+    ssl_context(config)  # a certificate that cannot be loaded stops us before any kernel starts
     prepare_runtime_dir(config)
     return await Arbiter(config).run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import sys
 
 from . import __version__, logs
@@ -36,10 +37,19 @@ def configure_logging(config: Config) -> None:
     logs.configure(config.log_level, config.log_format)
 
 
+def raise_open_file_limit() -> None:
+    """Every websocket holds a few sockets and every kernel a few pipes: the soft limit (often 1024) is
+    too low for a gateway, and raising it to the hard limit needs no privilege."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> None:
     ns = parser().parse_args(argv)
     config = from_namespace(ns)
     configure_logging(config)
+    raise_open_file_limit()
     if ns.command == "supervisor":
         from .supervisor.main import serve
     elif ns.command == "web":
@@ -49,11 +59,9 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(asyncio.run(probe(config)))
     else:
-        from .arbiter import run
-
-        sys.exit(asyncio.run(run(config)))
+        from .arbiter import run as serve
     try:
-        asyncio.run(serve(config))
-    except (GatewayError, RuntimeError, OSError) as e:
+        sys.exit(asyncio.run(serve(config)))
+    except (GatewayError, RuntimeError, OSError) as e:  # OSError includes ssl.SSLError
         logging.getLogger("kernels_gateway").error("%s", getattr(e, "message", e))
         sys.exit(1)

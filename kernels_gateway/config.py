@@ -128,6 +128,11 @@ class Config:
         32 << 20, "kernel output in bytes waiting for one slow websocket before more is dropped (and the "
         "client told)", (WEB,)
     )
+    certfile: str = _opt("", "TLS certificate chain (PEM): serve HTTPS and WSS", (WEB,), kg="KG_CERTFILE")
+    keyfile: str = _opt("", "private key of --certfile (PEM), if not in that file", (WEB,), kg="KG_KEYFILE")
+    client_ca: str = _opt(
+        "", "CA certificates (PEM): clients must present a certificate they signed", (WEB,), kg="KG_CLIENT_CA"
+    )
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR",
                           choices=("DEBUG", "INFO", "WARNING", "ERROR"), upper=True)
     log_format: str = _opt("text", "text, or json for one JSON object per line", choices=("text", "json"))

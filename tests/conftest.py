@@ -54,6 +54,7 @@ class Gateway:
         self.command = list(command)
         self.env = {**os.environ, **(env or {})}
         self.base = ""
+        self.tls = "--certfile" in self.args
         for i, arg in enumerate(self.args):
             if arg == "--base-path":
                 stripped = self.args[i + 1].strip("/")
@@ -63,11 +64,11 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.base}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{self.base}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}{self.base}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}{self.base}"
 
     def log(self) -> str:
         return self.log_path.read_text()

@@ -207,9 +207,9 @@ def _is_descendant(pid: int, ancestor: int) -> bool:
 
 async def test_env_values_are_bounded(gateway, http):
     async with http.post(f"{gateway.url}/api/kernels", json={"env": {"KERNEL_BIG": "x" * (64 * 1024)}}) as r:
-        await assert_error(r, 400, "too long")
+        await assert_error(r, 400, "KERNEL_BIG")
     async with http.post(f"{gateway.url}/api/kernels", json={"env": {"KERNEL_LIST": ["a"]}}) as r:
-        await assert_error(r, 400, "string")
+        await assert_error(r, 400)
     async with http.get(f"{gateway.url}/api/kernels") as r:
         assert r.status == 200
 

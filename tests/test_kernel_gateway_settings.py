@@ -74,10 +74,9 @@ async def test_a_kernel_gateway_deployment_moves_over(start_gateway, http, tmp_p
         assert r.headers["Access-Control-Allow-Origin"] == PAGE
         assert r.headers["Access-Control-Expose-Headers"] == "Location"
 
-    # The health probe reads the same variables: it finds the base path and the token, and does not
-    # depend on listing kernels.
-    for token_seen, code in ((token, 0), ("wrong", 1)):
+    # The health probe reads the same variables, and finds the gateway under KG_BASE_URL.
+    for base, code in (("/kg", 0), ("/elsewhere", 1)):
         probe = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kernels_gateway", "probe", "--port", str(gw.port),
-            env={**gw.env, "KG_AUTH_TOKEN": token_seen}, stderr=asyncio.subprocess.DEVNULL)
+            env={**gw.env, "KG_BASE_URL": base}, stderr=asyncio.subprocess.DEVNULL)
         assert await asyncio.wait_for(probe.wait(), 30) == code

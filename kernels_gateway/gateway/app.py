@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 from collections.abc import AsyncIterator
 
 import zmq.asyncio
@@ -14,16 +15,20 @@ from . import handlers
 from .auth import setup_cors, token_required
 from .channels import channels, close_all, relay_event
 from .errors import json_errors
-from .keys import CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
+from .keys import API_SPEC, CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
+from .limits import body_limit
 from .metrics import metrics, relay_counts
 
 KERNEL = "/api/kernels/{kernel_id}"
+MAX_ZMQ_SOCKETS = 65536
 
 
 def routes(base: str) -> list[web.RouteDef]:
     return [
         web.get(f"{base}/client.js", handlers.client_js),
         web.get(f"{base}/api", handlers.api_info),
+        web.get(f"{base}/api/health", handlers.health),
+        web.get(f"{base}/api/spec.yaml", handlers.api_spec),
         web.get(f"{base}/api/kernelspecs", handlers.list_kernelspecs),
         web.get(f"{base}/api/kernelspecs/{{name}}", handlers.get_kernelspec),
         web.get(f"{base}/kernelspecs/{{name}}/{{path:.+}}", handlers.kernelspec_file),
@@ -50,14 +55,18 @@ async def supervisor_client(app: web.Application) -> AsyncIterator[None]:
 
 async def zmq_context(app: web.Application) -> AsyncIterator[None]:
     app[ZMQ_CONTEXT] = zmq.asyncio.Context()
+    # ZMQ's default of 1023 sockets would cap a worker at about 250 websockets; the open-file limit
+    # (raised to its hard limit at start-up) is the real bound.
+    app[ZMQ_CONTEXT].max_sockets = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], MAX_ZMQ_SOCKETS)
     yield
     app[ZMQ_CONTEXT].destroy(linger=0)
 
 
 def make_app(config: Config) -> web.Application:
-    middlewares = [json_errors] + ([token_required(config.auth_token)] if config.auth_token else [])
+    middlewares = [json_errors, body_limit] + ([token_required(config.auth_token)] if config.auth_token else [])
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_size)
     app[CONFIG] = config
+    app[API_SPEC] = handlers.api_description(config.base)
     app[CONNECTIONS] = {}
     app.cleanup_ctx.extend([supervisor_client, zmq_context, relay_counts])
     app.on_shutdown.append(close_all)

@@ -26,6 +26,9 @@ log = logging.getLogger("kernels_gateway.channels")
 DELIMITER = b"<IDS|MSG>"
 NUDGE_TIMEOUT = 10.0
 MAX_HELD = 1000
+# Each websocket logs this many dropped frames one by one, then only a total when it closes, so a
+# client sending garbage in a loop cannot flood the log.
+LOGGED_DROPS = 10
 
 
 class KernelConnection:
@@ -46,6 +49,7 @@ class KernelConnection:
         self._replayed: set[str] = set()  # msg_ids sent from the replay buffer, not to be sent twice
         # Client frames that arrive while the kernel restarts wait here for the new process.
         self._held: list[str | bytes] | None = None
+        self._dropped = 0
 
     def _open_sockets(self, info: dict[str, Any]) -> None:
         self._info = info
@@ -198,23 +202,32 @@ class KernelConnection:
             self._forward(data)
 
     async def _from_client(self) -> None:
-        async for message in self.ws:
-            if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue
-            if self._held is None:
-                self._forward(message.data)
-            elif len(self._held) < MAX_HELD:
-                self._held.append(message.data)
-            else:
-                log.warning("Kernel %s: restarting, and %d frames wait already: frame dropped", self.kernel_id, MAX_HELD)
+        try:
+            async for message in self.ws:
+                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    continue
+                if self._held is None:
+                    self._forward(message.data)
+                elif len(self._held) < MAX_HELD:
+                    self._held.append(message.data)
+                else:
+                    self._drop(f"the kernel is restarting and {MAX_HELD} frames wait already")
+        finally:
+            if self._dropped > LOGGED_DROPS:
+                log.warning("Kernel %s: %d websocket frames dropped on one connection", self.kernel_id, self._dropped)
 
     def _forward(self, data: str | bytes) -> None:
+        """A frame that is not a kernel message is dropped with a log line, as Jupyter Server does: the
+        protocol has no message to tell the client, and the websocket stays up for the frames that are fine."""
         try:
             self.relayed.count(TO_KERNEL, self._send_to_kernel(data), len(data))
-        except FrameError as e:
-            log.warning("Kernel %s: websocket frame dropped: %s", self.kernel_id, e)
-        except (TypeError, ValueError, KeyError) as e:
-            log.warning("Kernel %s: websocket message dropped, cannot be sent: %s", self.kernel_id, e)
+        except (TypeError, ValueError, KeyError, RecursionError) as e:  # FrameError is a ValueError
+            self._drop(str(e))
+
+    def _drop(self, reason: str) -> None:
+        self._dropped += 1
+        level = logging.WARNING if self._dropped <= LOGGED_DROPS else logging.DEBUG
+        log.log(level, "Kernel %s: websocket frame dropped: %s", self.kernel_id, reason)
 
     def _send_to_kernel(self, data: str | bytes) -> str:
         if self.ws.ws_protocol == V1_PROTOCOL:

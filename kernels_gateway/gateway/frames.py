@@ -125,8 +125,8 @@ def _channel(name: bytes) -> str:
 def _json_object(data: str | bytes) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise FrameError(f"not JSON: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise FrameError(f"not JSON: {str(e)[:100]}") from None
     if not isinstance(value, dict):
         raise FrameError("not a JSON object")
     return value

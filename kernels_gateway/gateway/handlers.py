@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
-from ..supervisor.errors import BadRequest, KernelSpecNotFound
+from ..supervisor.errors import BadRequest, KernelSpecNotFound, SupervisorUnavailable
 from .auth import public
-from .keys import CONFIG, SUPERVISOR
+from .keys import API_SPEC, CONFIG, SUPERVISOR
+
+HEALTH_TIMEOUT = 5.0
+SPEC_SERVERS = "servers:\n  - url: /\n"
 
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
 
@@ -25,6 +30,29 @@ async def client_js(request: web.Request) -> web.FileResponse:
     """The browser client: public, since a page imports it with <script type="module">, which can send
     no token, and it holds nothing but code."""
     return web.FileResponse(CLIENT_JS, headers={"Content-Type": "text/javascript; charset=utf-8"})
+
+
+@public
+async def health(request: web.Request) -> web.Response:
+    """200 while the supervisor answers a ping; a hung supervisor is as unready as an absent one.
+    Public, so that load balancers and orchestrators need no secret: it tells only that it is up."""
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            await request.app[SUPERVISOR].ping()
+    except TimeoutError:
+        raise SupervisorUnavailable(f"The kernel supervisor did not answer within {HEALTH_TIMEOUT:g} s") from None
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+def api_description(base: str) -> str:
+    """The packaged OpenAPI document, with the base path as its server URL."""
+    text = (resources.files(__package__) / "spec.yaml").read_text()
+    assert SPEC_SERVERS in text, "spec.yaml must keep its placeholder server URL"
+    return text.replace(SPEC_SERVERS, f"servers:\n  - url: {json.dumps(base or '/')}\n", 1)
+
+
+async def api_spec(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[API_SPEC], content_type="application/yaml")
 
 
 # -- kernelspecs ---------------------------------------------------------------------------------
@@ -64,8 +92,13 @@ async def kernelspec_file(request: web.Request) -> web.FileResponse:
     """A file from the kernelspec's own folder (logos, kernel.js); nothing outside it."""
     spec = await _kernelspec(request)
     folder = Path(spec["resource_dir"]).resolve()
-    path = (folder / request.match_info["path"]).resolve()
-    if not path.is_relative_to(folder) or not path.is_file():
+    try:
+        # resolve() follows symlinks, so a link inside the folder to a file outside it is refused too.
+        path = (folder / request.match_info["path"]).resolve()
+        found = path.is_relative_to(folder) and path.is_file()
+    except (ValueError, OSError):  # a NUL byte, a name too long for the file system
+        found = False
+    if not found:
         raise web.HTTPNotFound(text=f"No such file in kernelspec {spec['name']}")
     return web.FileResponse(path)
 

@@ -9,6 +9,7 @@ from ..config import Config
 from ..supervisor.client import SupervisorClient
 
 CONFIG = web.AppKey("config", Config)
+API_SPEC = web.AppKey("api_spec", str)
 SUPERVISOR = web.AppKey("supervisor", SupervisorClient)
 ZMQ_CONTEXT = web.AppKey("zmq_context", zmq.asyncio.Context)
 # kernel id -> the websockets open on it in this worker

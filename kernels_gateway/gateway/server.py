@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 
 from aiohttp import web
 
@@ -23,14 +24,37 @@ ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{Referer}i" "%{User-Agent}i"'
 
 def serving_url(config: Config) -> str:
     host = f"[{config.ip}]" if ":" in config.ip else config.ip
-    return f"http://{host}:{config.port}{config.base}/api/kernels"
+    scheme = "https" if config.certfile else "http"
+    return f"{scheme}://{host}:{config.port}{config.base}/api/kernels"
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS settings of --certfile, --keyfile and --client-ca; None to serve plain HTTP."""
+    if not config.certfile:
+        if config.keyfile or config.client_ca:
+            raise RuntimeError("--keyfile and --client-ca need --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 or later
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile or None)
+    except OSError as e:  # ssl's own errors do not name the file
+        key = config.keyfile or "in it"
+        raise RuntimeError(f"Cannot load TLS certificate {config.certfile} (key {key}): {e}") from None
+    if config.client_ca:
+        try:
+            context.load_verify_locations(config.client_ca)
+        except OSError as e:
+            raise RuntimeError(f"Cannot load client CA certificates {config.client_ca}: {e}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 async def serve(config: Config) -> None:
+    tls = ssl_context(config)
     runner = web.AppRunner(make_app(config), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
                            access_log_class=AccessLogger, access_log_format=ACCESS_LOG_FORMAT)
     await runner.setup()
-    sites = _sites(runner, config)
+    sites = _sites(runner, config, tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -48,12 +72,12 @@ async def serve(config: Config) -> None:
             await runner.cleanup()
 
 
-def _sites(runner: web.AppRunner, config: Config) -> list[web.BaseSite]:
+def _sites(runner: web.AppRunner, config: Config, tls: ssl.SSLContext | None) -> list[web.BaseSite]:
     """Where to listen: the socket the arbiter shares with every worker, the sockets the service manager
     handed over (socket activation), or else a socket of our own on --ip and --port."""
     if config.fd >= 0:
-        return [web.SockSite(runner, socket.socket(fileno=config.fd))]
+        return [web.SockSite(runner, socket.socket(fileno=config.fd), ssl_context=tls)]
     activated = listen_sockets()
     if activated:
-        return [web.SockSite(runner, sock) for sock in activated]
-    return [web.TCPSite(runner, config.ip, config.port)]
+        return [web.SockSite(runner, sock, ssl_context=tls) for sock in activated]
+    return [web.TCPSite(runner, config.ip, config.port, ssl_context=tls)]

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -42,6 +43,15 @@ MAX_SOCKET_PATH = 107
 MAX_IPC_PREFIX = MAX_SOCKET_PATH - len("-65535")
 MAX_ENV_VALUE = 32 * 1024
 POLL_INTERVAL = 1.0  # for provisioners whose process we cannot watch through a pidfd
+# Kernel ids are the canonical form of a random UUID, and nothing else is ever looked up, logged or
+# turned into a path: whatever a client puts in a URL stops here.
+KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def valid_kernel_id(kernel_id: Any) -> str:
+    if not isinstance(kernel_id, str) or not KERNEL_ID.fullmatch(kernel_id):
+        raise KernelNotFound(str(kernel_id)[:100])
+    return kernel_id
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,15 @@ class Kernel:
         return info
 
 
+def _env_safe(text: str) -> bool:
+    """Whether the operating system can hold this in an environment: UTF-8 encodable, no NUL."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in text
+
+
 Listener = Callable[[dict[str, Any]], None]
 
 
@@ -131,11 +150,11 @@ class Kernels:
 
     # -- the registry ------------------------------------------------------------------------
 
-    def get(self, kernel_id: str) -> Kernel:
+    def get(self, kernel_id: Any) -> Kernel:
         try:
-            return self._kernels[kernel_id]
-        except (KeyError, TypeError):
-            raise KernelNotFound(str(kernel_id)[:100]) from None
+            return self._kernels[valid_kernel_id(kernel_id)]
+        except KeyError:
+            raise KernelNotFound(kernel_id) from None
 
     def list(self) -> Iterable[Kernel]:
         return list(self._kernels.values())
@@ -218,8 +237,11 @@ class Kernels:
         for key, value in requested.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise BadRequest("env must map names to string values")
-            if "\0" in key or "\0" in value or len(value) > MAX_ENV_VALUE:
-                raise BadRequest(f"env value for {key[:100]!r} is too long or contains NUL")
+            if not (key and "=" not in key and _env_safe(key) and _env_safe(value) and len(value) <= MAX_ENV_VALUE):
+                raise BadRequest(
+                    f"env entry {key[:100]!r} cannot be set: a name needs no '=', names and values no NUL "
+                    f"or unpaired surrogate, and values at most {MAX_ENV_VALUE} characters"
+                )
             if key.startswith("KERNEL_") or key in self.settings.env_allow:
                 allowed[key] = value
         return allowed

@@ -17,11 +17,10 @@ from .server import SupervisorServer
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
-# Variables that belong to the gateway or to the service manager, never to a kernel.
-SECRET_ENV = frozenset({
-    "KERNELS_GATEWAY_AUTH_TOKEN", "KG_AUTH_TOKEN",
-    "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID",
-})
+# Variables that belong to the gateway or to the service manager, never to a kernel. Every variable of
+# the gateway's own configuration is among them, since some of it is secret (a token).
+SECRET_ENV = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"})
+SECRET_ENV_PREFIXES = ("KERNELS_GATEWAY_", "KG_")
 
 
 def kernel_settings(config: Config) -> KernelSettings:
@@ -33,7 +32,7 @@ def kernel_settings(config: Config) -> KernelSettings:
         max_kernels=config.max_kernels,
         env_allow=frozenset(config.env_allow),
         env_inherit=frozenset(config.env_inherit),
-        secret_env=SECRET_ENV,
+        secret_env=SECRET_ENV | {name for name in os.environ if name.startswith(SECRET_ENV_PREFIXES)},
         start_timeout=config.kernel_start_timeout,
         shutdown_wait=config.shutdown_wait,
         restart_limit=config.restart_limit,

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import metrics, wire
 from .errors import BadRequest, GatewayError
-from .kernels import Kernels
+from .kernels import Kernels, valid_kernel_id
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
@@ -111,13 +111,13 @@ class SupervisorServer:
 
     async def connection_opened(self, args: dict, client: Client) -> dict:
         """A websocket opened; with `replay`, the iopub messages its session missed while away."""
-        kernel_id, session_id = args.get("kernel_id"), _optional_str(args, "session_id")
+        kernel_id, session_id = valid_kernel_id(args.get("kernel_id")), _optional_str(args, "session_id")
         missed = self.kernels.connection_opened(kernel_id, session_id)
         client.connections[kernel_id, session_id] += 1
         return {"missed": [wire.pack_parts(parts) for parts in missed] if args.get("replay") else []}
 
     async def connection_closed(self, args: dict, client: Client) -> None:
-        kernel_id, session_id = args.get("kernel_id"), _optional_str(args, "session_id")
+        kernel_id, session_id = valid_kernel_id(args.get("kernel_id")), _optional_str(args, "session_id")
         if client.connections[kernel_id, session_id] > 0:
             client.connections[kernel_id, session_id] -= 1
             self.kernels.connection_closed(kernel_id, session_id, _optional_str(args, "last_msg_id"))
@@ -204,7 +204,8 @@ class SupervisorServer:
         reply: dict[str, Any] = {"id": frame.get("id")}
         started = time.monotonic()
         try:
-            op = self.ops.get(frame.get("op"))
+            name = frame.get("op")
+            op = self.ops.get(name) if isinstance(name, str) else None
             if op is None:
                 raise BadRequest(f"unknown operation {str(frame.get('op'))[:50]!r}")
             args = frame.get("args") or {}

@@ -6,8 +6,10 @@ import json
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from kernels_gateway.gateway.frames import FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
+from kernels_gateway.gateway.frames import CHANNELS, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
 
 HEADER = json.dumps({"msg_id": "m1", "msg_type": "execute_request", "session": "s"}).encode()
 PARTS = [HEADER, b"{}", b"{}", b'{"code": "1"}']
@@ -66,3 +68,62 @@ def test_legacy_accepts_null_parent_header():
         "channel": "shell", "header": {"msg_id": "a", "msg_type": "b"}, "parent_header": None,
     }))
     assert msg["parent_header"] == {} and msg["metadata"] == {} and msg["content"] == {}
+
+
+# -- properties, over frames hypothesis makes up -------------------------------------------------
+
+parts_lists = st.lists(st.binary(max_size=40), min_size=4, max_size=8)
+
+
+@given(st.binary(max_size=400) | st.text(max_size=200))
+def test_decoders_refuse_with_frame_error_only(data):
+    for decode in (decode_v1, decode_legacy) if isinstance(data, bytes) else (decode_legacy,):
+        try:
+            decode(data)
+        except FrameError:
+            pass
+
+
+@given(st.sampled_from(sorted(CHANNELS - {"iopub"})), parts_lists)
+def test_v1_round_trip(channel, parts):
+    assert decode_v1(encode_v1(channel, parts)) == (channel, parts)
+
+
+@given(parts_lists, st.data())
+def test_a_v1_frame_cut_short_is_refused(parts, data):
+    frame = encode_v1("shell", parts)
+    cut = data.draw(st.integers(0, len(frame) - 1))
+    with pytest.raises(FrameError):
+        decode_v1(frame[:cut])
+
+
+@given(parts_lists, st.data())
+def test_a_v1_frame_with_a_forged_word_is_refused_or_read_exactly(parts, data):
+    """Overwrite the count or one offset: the decoder refuses, or what it returns fills the frame exactly,
+    never a part cut short by slicing past the end."""
+    frame = bytearray(encode_v1("shell", parts))
+    words = 1 + len(parts) + 2
+    at = 8 * data.draw(st.integers(0, words - 1))
+    frame[at : at + 8] = struct.pack("<Q", data.draw(st.integers(0, 2**64 - 1)))
+    try:
+        channel, decoded = decode_v1(bytes(frame))
+    except FrameError:
+        return
+    (count,) = struct.unpack_from("<Q", frame)
+    assert 8 * (count + 1) + len(channel) + sum(map(len, decoded)) <= len(frame)
+    assert all(len(part) <= len(frame) for part in decoded)
+
+
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=4), st.data())
+def test_a_legacy_frame_with_a_forged_word_is_refused_or_read_exactly(buffers, data):
+    payload, _ = encode_legacy("shell", PARTS + buffers)
+    frame = bytearray(payload)
+    (count,) = struct.unpack_from("!I", frame)
+    at = 4 * data.draw(st.integers(0, count))
+    frame[at : at + 4] = struct.pack("!I", data.draw(st.integers(0, 2**32 - 1)))
+    try:
+        _, msg = decode_legacy(bytes(frame))
+    except FrameError:
+        return
+    (count,) = struct.unpack_from("!I", frame)
+    assert 4 * (count + 1) + sum(map(len, msg["buffers"])) < len(frame)

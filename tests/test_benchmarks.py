@@ -1,0 +1,35 @@
+"""The benchmark suite's smallest run, against this gateway only: the harness must keep working. It
+measures nothing worth reading and asserts nothing about time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.__main__ import WORKLOADS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_quick_run_against_this_gateway(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--targets", "this", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=100,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    failures = [f"{w}: {n}" for w, notes in results["notes"].items() for n in notes if "failed:" in n]
+    assert not failures, run.stderr
+    measured = {m["workload"] for m in results["measures"] if m["target"] == "kernels-gateway" and m["value"] is not None}
+    assert measured == set(WORKLOADS)
+    assert {m["target"] for m in results["measures"]} == {"kernels-gateway"}
+    by_measure = {(m["workload"], m["measure"]): m["value"] for m in results["measures"]}
+    assert by_measure["idle-websockets", "10 websockets: open"] == 10
+    assert by_measure["concurrent-starts", "2 at once: answered"] == 2
+    assert by_measure["output", "delivered (v1)"] == 100
+    table = (tmp_path / "results.md").read_text()
+    assert "| execute | round trip p50 (legacy) | ms |" in table
+    assert table in run.stdout
+    assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
