@@ -266,7 +266,7 @@ async def test_replay_of_missed_output_through_another_worker(start_gateway, htt
                       and m["parent_header"].get("msg_type") == "execute_request" for m in replayed):
             replayed.append(await back.receive())
     texts = [m["content"]["text"] for m in replayed if m["header"]["msg_type"] == "stream"]
-    assert texts == ["while you were away\n"]  # and not "seen", which it had
+    assert texts == ["while you were away\n"], [(m["header"]["msg_type"], m["parent_header"].get("msg_type"), m["content"].get("execution_state")) for m in replayed]  # and not "seen", which it had
     # A session that was never here gets no replay.
     fresh = await KernelSocket.open(http, second, model["id"], session_id="fresh")
     _, stdout = await fresh.execute("print('live')")
