@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import messages, report, rest, scale, starts
+from . import messages, recovery, report, rest, scale, starts
 from .results import Results, describe
 from .settings import DEFAULT, QUICK, Settings
 from .targets import KG, RAW, REPO, THIS, Fleet, KernelGateway, write_kernelspec
@@ -30,6 +30,7 @@ WORKLOADS = {
     "idle-websockets": scale.idle_websockets,
     "concurrent-starts": starts.concurrent_starts,
     "load": scale.load,
+    "recovery": recovery.recovery,
 }
 GROUPS = {"all": list(WORKLOADS), "scale": ["idle-websockets", "concurrent-starts", "load"]}
 TARGETS = {"this": THIS, "kg": KG, "raw": RAW}

@@ -24,6 +24,8 @@ GOALS = [
     ("idle-websockets", r"websockets: open$", "all"),
     ("concurrent-starts", r"answered$", "all"),
     ("load", r"lost replies", "0"),
+    ("recovery", r"p50 \(warm spare\)", "≤ 1,000 ms"),
+    ("recovery", r"p50 \(in place\)", "≤ 3,000 ms"),
 ]
 
 # What the chart shows: (title, workload, the measures drawn).

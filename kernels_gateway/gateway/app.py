@@ -15,7 +15,7 @@ from . import handlers
 from .auth import setup_cors, token_required
 from .channels import channels, close_all, relay_event
 from .errors import json_errors
-from .keys import API_SPEC, CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
+from .keys import API_SPEC, CONFIG, FEEDS, SUPERVISOR, ZMQ_CONTEXT
 from .limits import body_limit
 from .metrics import metrics, relay_counts
 
@@ -67,7 +67,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_size)
     app[CONFIG] = config
     app[API_SPEC] = handlers.api_description(config.base)
-    app[CONNECTIONS] = {}
+    app[FEEDS] = {}
     app.cleanup_ctx.extend([supervisor_client, zmq_context, relay_counts])
     app.on_shutdown.append(close_all)
     app.router.add_routes(routes(config.base))

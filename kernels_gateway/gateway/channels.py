@@ -16,15 +16,14 @@ from jupyter_client.session import Session
 
 from ..supervisor.wire import kernel_url
 from .auth import origin_allowed
+from .feeds import IOPubFeed, message_body
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
-from .keys import CONFIG, CONNECTIONS, SUPERVISOR, ZMQ_CONTEXT
+from .keys import CONFIG, FEEDS, SUPERVISOR, ZMQ_CONTEXT
 from .metrics import RELAYED, TO_CLIENT, TO_KERNEL, RelayCounts
 from .outbox import Outbox
 
 log = logging.getLogger("kernels_gateway.channels")
 
-DELIMITER = b"<IDS|MSG>"
-NUDGE_TIMEOUT = 10.0
 MAX_HELD = 1000
 # Each websocket logs this many dropped frames one by one, then only a total when it closes, so a
 # client sending garbage in a loop cannot flood the log.
@@ -32,7 +31,9 @@ LOGGED_DROPS = 10
 
 
 class KernelConnection:
-    """One websocket's own ZMQ sockets to one kernel, and the session that signs what the client sends."""
+    """One websocket on one kernel: its share of the kernel's iopub feed, its own shell, control and
+    stdin sockets (opened when the client first uses them, so an idle websocket costs no ZMQ socket),
+    and the session that signs what the client sends."""
 
     def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any],
                  ws: web.WebSocketResponse, outbox_limit: int, relayed: RelayCounts):
@@ -41,64 +42,67 @@ class KernelConnection:
         self.outbox = Outbox(outbox_limit)
         self.relayed = relayed
         self._context = context
-        self._open_sockets(info)
-        # Kernel events that iopub cannot carry, pushed by the supervisor: a state (restarting, dead)
-        # or new connection info (a warm kernel took over from a dead one).
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._use(info)
+        # shell and stdin share an identity, so that input_request finds its way back to this websocket;
+        # a fresh one per websocket, so that two connections of one session never collide.
+        self._identity = uuid.uuid4().hex.encode()
+        self._sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._readers: dict[str, asyncio.Task] = {}
         self.last_iopub_header: bytes | None = None  # what to tell the supervisor we last delivered
         self._replayed: set[str] = set()  # msg_ids sent from the replay buffer, not to be sent twice
         # Client frames that arrive while the kernel restarts wait here for the new process.
         self._held: list[str | bytes] | None = None
         self._dropped = 0
 
-    def _open_sockets(self, info: dict[str, Any]) -> None:
+    def _use(self, info: dict[str, Any]) -> None:
         self._info = info
         self.session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
-        # A fresh identity per websocket: two connections of one client session must not collide
-        # on the kernel's ROUTER sockets. shell and stdin share it so input_request finds its way.
-        identity = uuid.uuid4().hex.encode()
-        self.sockets = {
-            "shell": self._connect("shell", zmq.DEALER, identity),
-            "control": self._connect("control", zmq.DEALER, identity),
-            "stdin": self._connect("stdin", zmq.DEALER, identity),
-            "iopub": self._connect("iopub", zmq.SUB),
-        }
-        self.sockets["iopub"].subscribe(b"")
-        self.sockets["iopub"].rcvhwm = 0  # ZMQ would drop silently; the outbox bounds and reports instead
 
-    def _connect(self, channel: str, kind: int, identity: bytes | None = None) -> zmq.asyncio.Socket:
-        sock = self._context.socket(kind)
-        sock.linger = 0
-        if identity:
-            sock.identity = identity
-        sock.connect(kernel_url(self._info, channel))
-        return sock
+    def _socket(self, channel: str) -> zmq.asyncio.Socket:
+        if channel not in self._sockets:
+            # stdin opens with shell: the kernel's input_request for a shell request must find it there.
+            for opening in ("shell", "stdin") if channel in ("shell", "stdin") else (channel,):
+                sock = self._sockets[opening] = self._context.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.identity = self._identity
+                sock.connect(kernel_url(self._info, opening))
+                self._readers[opening] = asyncio.create_task(self._read(opening, sock), name=f"{opening}-reader")
+        return self._sockets[channel]
 
-    async def nudge(self) -> None:
-        """Send kernel_info_request until something arrives on our iopub socket.
+    async def _read(self, channel: str, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            body = message_body(await sock.recv_multipart())
+            if body is None:
+                log.warning("Kernel %s: malformed message on %s dropped", self.kernel_id, channel)
+                continue
+            self.deliver(channel, body)
 
-        A SUB socket misses whatever the kernel publishes before its subscription has propagated; only
-        once a message has come through can a cell's first output be trusted to arrive. Requests go on
-        throwaway sockets so their replies never reach the client; control answers even while shell
-        is busy running a cell.
-        """
-        probes = [self._connect("shell", zmq.DEALER), self._connect("control", zmq.DEALER)]
-        iopub = self.sockets["iopub"]
-        try:
-            async with asyncio.timeout(NUDGE_TIMEOUT):
-                while True:
-                    for probe in probes:
-                        self.session.send(probe, "kernel_info_request")
-                    if await iopub.poll(200):
-                        break
-        except TimeoutError:
-            log.warning("Kernel %s: no iopub message within %g s; relaying anyway", self.kernel_id, NUDGE_TIMEOUT)
-        finally:
-            for probe in probes:
-                probe.close()
-        # What the nudge itself caused is not the client's business.
-        while await iopub.poll(0):
-            await iopub.recv_multipart()
+    def deliver(self, channel: str, body: list[bytes]) -> None:
+        """A kernel message for this websocket; it waits in the outbox, never for the websocket."""
+        self.outbox.put(channel, body)
+
+    def kernel_state(self, state: str) -> None:
+        """A state the supervisor reported, relayed as an iopub status message as Jupyter Server does.
+        While the kernel restarts, the client's frames are held for the new process."""
+        if state == "restarting":
+            self._held = []
+        elif state == "dead" and self._held:
+            log.warning("Kernel %s is dead: %d held frames dropped", self.kernel_id, len(self._held))
+            self._held = None
+        status = self.session.msg("status", {"execution_state": state})
+        pack = self.session.pack
+        self.outbox.put("iopub", [pack(status["header"]), pack({}), pack({}), pack(status["content"])])
+
+    def kernel_restarted(self, info: dict[str, Any]) -> None:
+        """The kernel runs again. In place, its endpoints stay and ZMQ reconnects our sockets by itself
+        (delivering what was queued); a warm kernel that took over has new ones and a new key, so the
+        sockets are closed, to be opened anew on next use. Then the held frames go."""
+        if info != self._info:
+            self._close_sockets()
+            self._use(info)
+        held, self._held = self._held or [], None
+        for data in held:
+            self._forward(data)
 
     async def replay(self, missed: list[list[bytes]]) -> None:
         """Send what the client's session missed while away, before anything live."""
@@ -107,35 +111,20 @@ class KernelConnection:
             await self._send("iopub", parts)
 
     async def relay(self) -> None:
-        """Carry messages both ways until the websocket closes or a kernel socket fails; when the kernel
-        moves to new connection info, move this websocket's sockets with it."""
-        from_client = asyncio.create_task(self._from_client(), name="from-client")
-        to_client = asyncio.create_task(self._outbox_to_client(), name="outbox-to-client")
+        """Carry messages both ways until the websocket closes or sending to it fails."""
+        tasks = [
+            asyncio.create_task(self._from_client(), name="from-client"),
+            asyncio.create_task(self._to_client(), name="to-client"),
+        ]
         try:
-            while True:
-                events = asyncio.create_task(self._events(), name="events")
-                readers = [
-                    asyncio.create_task(self._to_client(channel, sock), name=f"{channel}-to-client")
-                    for channel, sock in self.sockets.items()
-                ]
-                try:
-                    done, _ = await asyncio.wait([from_client, to_client, events, *readers],
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for task in (events, *readers):
-                        task.cancel()
-                    await asyncio.gather(events, *readers, return_exceptions=True)
-                restarted = events in done and not events.cancelled() and not events.exception()
-                if not restarted:
-                    for task in done:
-                        if not task.cancelled() and task.exception():
-                            log.error("Kernel %s: relay failed", self.kernel_id, exc_info=task.exception())
-                    return
-                await self._follow_restart(events.result())
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception():
+                    log.error("Kernel %s: relay failed", self.kernel_id, exc_info=task.exception())
         finally:
-            from_client.cancel()
-            to_client.cancel()
-            await asyncio.gather(from_client, to_client, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _send(self, channel: str, body: list[bytes]) -> None:
         """body: header, parent_header, metadata, content, *buffers, as the kernel wrote them."""
@@ -146,60 +135,19 @@ class KernelConnection:
         await self.ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
         self.relayed.count(TO_CLIENT, channel, len(payload))
 
-    async def _to_client(self, channel: str, sock: zmq.asyncio.Socket) -> None:
-        """Drain one kernel socket into the outbox; never waits for the websocket."""
+    async def _to_client(self) -> None:
         while True:
-            parts = await sock.recv_multipart()
-            try:
-                body = parts[parts.index(DELIMITER) + 2 :]  # drop routing ids, delimiter, signature
-            except ValueError:
-                body = []
-            if len(body) < 4:
-                log.warning("Kernel %s: malformed message on %s dropped", self.kernel_id, channel)
-                continue
+            channel, body = await self.outbox.get()
+            if self.ws.closed:
+                return  # what was not sent before the client's close stays replayable
             if channel == "iopub":
                 if self._replayed:
-                    # The live stream overlaps the replay only at its start; once past it, stop looking.
+                    # Live output overlaps the replay only at its start; once past it, stop looking.
                     if json.loads(body[0]).get("msg_id") in self._replayed:
                         continue
                     self._replayed.clear()
-            self.outbox.put(channel, body)
-
-    async def _outbox_to_client(self) -> None:
-        while True:
-            channel, body = await self.outbox.get()
-            await self._send(channel, body)
-            if channel == "iopub":
                 self.last_iopub_header = body[0]
-
-    async def _events(self) -> dict[str, Any]:
-        """Relay supervisor-reported states as iopub status messages, as Jupyter Server does; return
-        the connection info of the process that replaced a dead one."""
-        while True:
-            event = await self.events.get()
-            if "connection_info" in event:
-                return event["connection_info"]
-            state = event.get("execution_state")
-            if state == "restarting":
-                self._held = []
-            elif state == "dead" and self._held:
-                log.warning("Kernel %s is dead: %d held messages dropped", self.kernel_id, len(self._held))
-                self._held = None
-            status = self.session.msg("status", {"execution_state": state})
-            pack = self.session.pack
-            self.outbox.put("iopub", [pack(status["header"]), pack({}), pack({}), pack(status["content"])])
-
-    async def _follow_restart(self, info: dict[str, Any]) -> None:
-        """The kernel runs again. A process restarted in place keeps its endpoints, and ZMQ reconnects
-        these sockets by itself (delivering what was queued); a warm kernel that took over has new
-        ones and a new key, so the sockets move. Either way iopub is nudged anew, then held frames go."""
-        if info != self._info:
-            self.close()
-            self._open_sockets(info)
-        await self.nudge()
-        held, self._held = self._held or [], None
-        for data in held:
-            self._forward(data)
+            await self._send(channel, body)
 
     async def _from_client(self) -> None:
         try:
@@ -236,20 +184,28 @@ class KernelConnection:
             channel, parts = decode_v1(data)
             if channel == "iopub":
                 raise FrameError("clients cannot publish on iopub")
-            self.session.send_raw(self.sockets[channel], parts)
+            self.session.send_raw(self._socket(channel), parts)
         else:
             channel, message = decode_legacy(data)
             if channel == "iopub":
                 raise FrameError("clients cannot publish on iopub")
-            self.session.send(self.sockets[channel], message)
+            self.session.send(self._socket(channel), message)
         return channel
 
     def last_delivered_msg_id(self) -> str | None:
         return json.loads(self.last_iopub_header).get("msg_id") if self.last_iopub_header else None
 
-    def close(self) -> None:
-        for sock in self.sockets.values():
+    def _close_sockets(self) -> None:
+        for reader in self._readers.values():
+            reader.cancel()
+        for sock in self._sockets.values():
             sock.close()
+        self._readers, self._sockets = {}, {}
+
+    async def close(self) -> None:
+        readers = list(self._readers.values())
+        self._close_sockets()
+        await asyncio.gather(*readers, return_exceptions=True)
 
 
 async def channels(request: web.Request) -> web.WebSocketResponse:
@@ -265,40 +221,47 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     if not origin_allowed(request, request.app[CONFIG].allow_origin):
         raise web.HTTPForbidden(text=f"Origin {request.headers['Origin'][:200]} is not allowed (--allow-origin)")
     found = await supervisor.connection_info(kernel_id)  # an unknown kernel is a 404 before the upgrade
-    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, found["connection_info"], ws,
+    info = found["connection_info"]
+    feeds = request.app[FEEDS]
+    feed = feeds.get(kernel_id)
+    if feed is None or feed.info != info:
+        feed = feeds[kernel_id] = IOPubFeed(request.app[ZMQ_CONTEXT], kernel_id, info)
+    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, feed.info, ws,
                                   request.app[CONFIG].max_output_buffer, request.app[RELAYED])
-    connections = request.app[CONNECTIONS].setdefault(kernel_id, set())
     try:
-        await connection.nudge()
-        # Before the upgrade, so that a vanished kernel or supervisor is still a plain HTTP error.
+        await feed.ready()
+        # Subscribed before asking for the replay, so nothing falls between the two (the overlap is
+        # skipped), and before the upgrade, so that a vanished kernel or supervisor is still plain HTTP.
+        feed.subscribers.add(connection)
         missed = await supervisor.connection_opened(kernel_id, session_id)
         try:
             await ws.prepare(request)
             request.app[RELAYED].opened += 1
-            connections.add(connection)
             with contextlib.suppress(ConnectionResetError):
                 await connection.replay(missed)
             await connection.relay()
         finally:
-            connections.discard(connection)
             await supervisor.connection_closed(kernel_id, session_id, connection.last_delivered_msg_id())
             if ws.prepared:
                 await ws.close()
     finally:
-        connection.close()
-        if not connections:
-            request.app[CONNECTIONS].pop(kernel_id, None)
+        feed.subscribers.discard(connection)
+        await connection.close()
+        if not feed.subscribers and feeds.get(kernel_id) is feed:
+            del feeds[kernel_id]
+            await feed.close()
     return ws
 
 
 def relay_event(app: web.Application, event: dict[str, Any]) -> None:
-    """A kernel event the supervisor pushed, for every websocket on that kernel."""
-    for connection in app[CONNECTIONS].get(event.get("kernel_id"), ()):
-        connection.events.put_nowait(event)
+    """A kernel event the supervisor pushed, for the websockets on that kernel in this worker."""
+    feed = app[FEEDS].get(event.get("kernel_id"))
+    if feed:
+        feed.events.put_nowait(event)
 
 
 async def close_all(app: web.Application) -> None:
     """On shutdown, tell every client the server is going away (1001) rather than just dropping it."""
-    for connections in list(app[CONNECTIONS].values()):
-        for connection in list(connections):
+    for feed in list(app[FEEDS].values()):
+        for connection in list(feed.subscribers):
             await connection.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

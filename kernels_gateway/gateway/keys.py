@@ -12,5 +12,5 @@ CONFIG = web.AppKey("config", Config)
 API_SPEC = web.AppKey("api_spec", str)
 SUPERVISOR = web.AppKey("supervisor", SupervisorClient)
 ZMQ_CONTEXT = web.AppKey("zmq_context", zmq.asyncio.Context)
-# kernel id -> the websockets open on it in this worker
-CONNECTIONS = web.AppKey("connections", dict)
+# kernel id -> its iopub feed in this worker, with the websockets open on it
+FEEDS = web.AppKey("feeds", dict)

@@ -45,7 +45,7 @@ class IOPub:
         self._seq = 0
         self._buffer: deque[tuple[int, float, list[bytes]]] = deque()
         self._buffered_bytes = 0
-        self._departed: dict[str, tuple[int, float]] = {}
+        self._departed: dict[str, tuple[str | None, int, float]] = {}
 
     async def watch(self, context: zmq.asyncio.Context, url: str) -> None:
         sub = context.socket(zmq.SUB)
@@ -87,21 +87,23 @@ class IOPub:
     # -- replay --------------------------------------------------------------------------------
 
     def depart(self, session_id: str, last_msg_id: str | None) -> None:
-        """A client of this session went away, having last seen `last_msg_id` (None: unknown)."""
-        seq = self._seq
-        if last_msg_id:
-            for number, _, parts in reversed(self._buffer):
-                if json.loads(parts[0]).get("msg_id") == last_msg_id:
-                    seq = number
-                    break
-        self._departed[session_id] = (seq, time.time())
+        """A client of this session went away, having last seen `last_msg_id` (None: unknown, as when
+        its worker died). Where that message sits is looked up on return: this SUB socket may not
+        have received it yet."""
+        self._departed[session_id] = (last_msg_id, self._seq, time.time())
 
     def missed(self, session_id: str) -> list[list[bytes]]:
         """What the session missed since it departed; each message is returned once."""
         now = time.time()
         self._trim(now)
-        self._departed = {s: d for s, d in self._departed.items() if d[1] > now - self.limits.max_age}
+        self._departed = {s: d for s, d in self._departed.items() if d[2] > now - self.limits.max_age}
         departed = self._departed.pop(session_id, None)
         if departed is None:
             return []
-        return [parts for number, _, parts in self._buffer if number > departed[0]]
+        last_msg_id, after, _ = departed
+        if last_msg_id:
+            for number, _, parts in reversed(self._buffer):
+                if json.loads(parts[0]).get("msg_id") == last_msg_id:
+                    after = number
+                    break
+        return [parts for number, _, parts in self._buffer if number > after]

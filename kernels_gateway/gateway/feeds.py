@@ -1,0 +1,131 @@
+"""One iopub subscription per kernel in a worker, shared by every websocket on that kernel.
+
+iopub is a broadcast, so a socket per websocket would only multiply memory (a ZMQ socket costs tens of
+KiB) and the kernel's fan-out. The feed reads the kernel's iopub as fast as it arrives and hands each
+message to every subscribed websocket's outbox; it also carries the kernel events the supervisor
+pushes (restarting, dead, restarted) to those websockets, and follows a restarted kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+
+from ..supervisor.wire import kernel_url
+
+if TYPE_CHECKING:
+    from .channels import KernelConnection
+
+log = logging.getLogger("kernels_gateway.channels")
+
+DELIMITER = b"<IDS|MSG>"
+NUDGE_TIMEOUT = 10.0
+
+
+def message_body(parts: list[bytes]) -> list[bytes] | None:
+    """header, parent_header, metadata, content, *buffers: what follows the delimiter and signature."""
+    try:
+        body = parts[parts.index(DELIMITER) + 2 :]
+    except ValueError:
+        return None
+    return body if len(body) >= 4 else None
+
+
+class IOPubFeed:
+    def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any]):
+        self.kernel_id = kernel_id
+        self.subscribers: set[KernelConnection] = set()
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._context = context
+        self._heard = asyncio.Event()  # set by every iopub message
+        self._started = asyncio.Lock()
+        self._reader: asyncio.Task | None = None
+        self._follower: asyncio.Task | None = None
+        self._open(info)
+
+    def _open(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
+        self._sub = self._context.socket(zmq.SUB)
+        self._sub.linger = 0
+        self._sub.rcvhwm = 0  # ZMQ would drop silently; each websocket's outbox bounds and reports instead
+        self._sub.subscribe(b"")
+        self._sub.connect(kernel_url(info, "iopub"))
+
+    async def ready(self) -> None:
+        """The first websocket waits here until the subscription is proven live; the others pass."""
+        async with self._started:
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._read(), name=f"iopub-{self.kernel_id}")
+                await self._nudge()
+                self._follower = asyncio.create_task(self._follow(), name=f"events-{self.kernel_id}")
+
+    async def _nudge(self) -> None:
+        """Send kernel_info_request until something arrives on the iopub socket.
+
+        A SUB socket misses whatever the kernel publishes before its subscription has propagated; only
+        once a message has come through can a cell's first output be trusted to arrive. Requests go on
+        throwaway sockets so their replies reach no client; control answers even while shell is busy.
+        """
+        probes = []
+        for channel in ("shell", "control"):
+            probe = self._context.socket(zmq.DEALER)
+            probe.linger = 0
+            probe.connect(kernel_url(self.info, channel))
+            probes.append(probe)
+        self._heard.clear()
+        try:
+            async with asyncio.timeout(NUDGE_TIMEOUT):
+                while not self._heard.is_set():
+                    for probe in probes:
+                        self.session.send(probe, "kernel_info_request")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._heard.wait(), 0.2)
+        except TimeoutError:
+            log.warning("Kernel %s: no iopub message within %g s; relaying anyway", self.kernel_id, NUDGE_TIMEOUT)
+        finally:
+            for probe in probes:
+                probe.close()
+
+    async def _read(self) -> None:
+        while True:
+            body = message_body(await self._sub.recv_multipart())
+            self._heard.set()
+            if body is None:
+                log.warning("Kernel %s: malformed iopub message dropped", self.kernel_id)
+                continue
+            for subscriber in list(self.subscribers):
+                subscriber.deliver("iopub", body)
+
+    async def _follow(self) -> None:
+        """Kernel events, in order: states go to every websocket; a restart moves the subscription when
+        the kernel's endpoints changed (a warm kernel took over) and nudges it anew either way."""
+        while True:
+            event = await self.events.get()
+            if "connection_info" not in event:
+                for subscriber in list(self.subscribers):
+                    subscriber.kernel_state(event.get("execution_state"))
+                continue
+            info = event["connection_info"]
+            if info != self.info:
+                self._reader.cancel()
+                await asyncio.gather(self._reader, return_exceptions=True)
+                self._sub.close()
+                self._open(info)
+                self._reader = asyncio.create_task(self._read(), name=f"iopub-{self.kernel_id}")
+            await self._nudge()
+            for subscriber in list(self.subscribers):
+                subscriber.kernel_restarted(info)
+
+    async def close(self) -> None:
+        tasks = [task for task in (self._reader, self._follower) if task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sub.close()
