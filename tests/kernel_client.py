@@ -87,6 +87,13 @@ class KernelSocket:
         else:
             await self.ws.send_str(json.dumps({k: v for k, v in msg.items() if k != "buffers"}))
 
+    async def send_frame(self, frame: str | bytes) -> None:
+        """A frame as it is, however malformed: text for str, binary for bytes."""
+        if isinstance(frame, str):
+            await self.ws.send_str(frame)
+        else:
+            await self.ws.send_bytes(frame)
+
     async def receive(self, timeout: float = 30) -> dict:
         frame = await self.ws.receive(timeout=timeout)
         if frame.type == aiohttp.WSMsgType.TEXT:

@@ -170,10 +170,7 @@ async def test_bad_frames_are_dropped_and_the_connection_lives_on(kernel, connec
         encode_v1(good)[:40],
     ]
     for frame in bad_frames:
-        if isinstance(frame, str):
-            await sock.ws.send_str(frame)
-        else:
-            await sock.ws.send_bytes(frame)
+        await sock.send_frame(frame)
     # A correctly framed message with a forged signature never reaches ZMQ unsigned: the gateway signs it.
     reply, _ = await sock.reply_to(sock.message("kernel_info_request", {}))
     assert reply["header"]["msg_type"] == "kernel_info_reply"

@@ -89,10 +89,7 @@ frames = st.lists(text_frames | binary_frames() | st.binary(max_size=100), min_s
 async def fuzz(sock, batches: list[str | bytes]) -> None:
     async with asyncio.timeout(30):
         for frame in batches:
-            if isinstance(frame, str):
-                await sock.ws.send_str(frame)
-            else:
-                await sock.ws.send_bytes(frame)
+            await sock.send_frame(frame)
         # The same websocket still reaches the kernel.
         reply, _ = await sock.reply_to(sock.message("kernel_info_request", {}))
     assert reply["header"]["msg_type"] == "kernel_info_reply"
