@@ -29,15 +29,18 @@ async def recovery(fleet: Fleet, settings: Settings, results: Results) -> None:
 
 
 async def _recover(target, kind: str, settings: Settings, results: Results) -> None:
-    kernel_id = await target.start_kernel({})
-    client = await target.connect(kernel_id, v1=False)
     samples = []
-    try:
-        for _ in range(settings.start_samples):
-            await settled_kernels(target.folder)  # the pool refilled, the last restart done
+    for _ in range(settings.start_samples):
+        # A kernel of its own each time: one that dies again and again within seconds of starting is,
+        # rightly, given up on after a few restarts.
+        await settled_kernels(target.folder)  # the pool refilled, the last kernel gone
+        kernel_id = await target.start_kernel({})
+        client = await target.connect(kernel_id, v1=False)
+        try:
             await client.execute("1", settings.request_timeout)
+            await settled_kernels(target.folder, 1)
             killed = time.perf_counter()
-            # The kernel kills itself: its process is found the same way whichever process holds the id.
+            # The kernel kills itself: no need to know which process holds the id.
             await client.execute("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 0.01)
             # Asked again every 0.2 s: a request that reached the dying process is lost with it, as it
             # would be for any client that did not wait for the `restarting` status.
@@ -48,6 +51,7 @@ async def _recover(target, kind: str, settings: Settings, results: Results) -> N
                 samples.append(time.perf_counter() - killed)
             else:
                 results.note(RECOVERY, f"{target.name} ({kind}): no answer within {settings.request_timeout:g} s")
-    finally:
-        await client.close()
+        finally:
+            await client.close()
+            await target.delete_kernel(kernel_id)
     results.latency(RECOVERY, ANSWERS_AGAIN.replace("{kind}", kind), target.name, samples)
