@@ -81,11 +81,16 @@ class KernelConnection:
         """A kernel message for this websocket; it waits in the outbox, never for the websocket."""
         self.outbox.put(channel, body)
 
+    def hold(self) -> None:
+        """Keep the client's frames for the process that is about to replace the kernel's."""
+        if self._held is None:
+            self._held = []
+
     def kernel_state(self, state: str) -> None:
         """A state the supervisor reported, relayed as an iopub status message as Jupyter Server does.
         While the kernel restarts, the client's frames are held for the new process."""
         if state == "restarting":
-            self._held = []
+            self.hold()
         elif state == "dead" and self._held:
             log.warning("Kernel %s is dead: %d held frames dropped", self.kernel_id, len(self._held))
             self._held = None

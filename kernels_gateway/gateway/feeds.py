@@ -104,10 +104,16 @@ class IOPubFeed:
                 subscriber.deliver("iopub", body)
 
     async def _follow(self) -> None:
-        """Kernel events, in order: states go to every websocket; a restart moves the subscription when
-        the kernel's endpoints changed (a warm kernel took over) and nudges it anew either way."""
+        """Kernel events, in order: states go to every websocket, and so does `hold` (a restart someone
+        asked for has begun); a restart moves the subscription when the kernel's endpoints changed (a
+        warm kernel took over) and nudges it anew either way, for a resubscribed SUB socket misses
+        what is published before its subscription propagates, as a new one does."""
         while True:
             event = await self.events.get()
+            if event.get("hold"):
+                for subscriber in list(self.subscribers):
+                    subscriber.hold()
+                continue
             if "connection_info" not in event:
                 for subscriber in list(self.subscribers):
                     subscriber.kernel_state(event.get("execution_state"))

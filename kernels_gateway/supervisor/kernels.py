@@ -379,17 +379,22 @@ class Kernels:
             await self._stop_keeping(kernel)
             kernel.iopub.execution_state = "restarting"
             kernel.started_at = time.time()
+            # Workers hold what clients send until the new process is proven reachable (no status:
+            # clients asked for this restart, and `restarting` would tell them the kernel died).
+            self._emit(kernel, hold=True)
             try:
                 await kernel.manager.restart_kernel(now=False)
                 await self._wait_ready(kernel)
             except Exception as e:
                 kernel.iopub.execution_state = "dead"
                 kernel.reason = f"restart failed: {e}"
+                self._emit(kernel, execution_state="dead")
                 raise KernelStartFailed(f"Kernel {kernel_id} failed to restart: {e}") from e
             finally:
                 kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel_id}")
             kernel.reason = ""
             await self._save_record(kernel)
+            self._emit(kernel, connection_info=kernel.connection_info())
         metrics.KERNEL_RESTARTS.labels(kernel.name, "request").inc()
         log.info("Kernel restarted: %s", kernel_id)
         return kernel
