@@ -35,7 +35,22 @@ def execute_content(code: str) -> dict:
     return {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False}
 
 
-class WebsocketKernel:
+class KernelRequests:
+    """The questions every workload asks, in terms of each client's own `request`."""
+
+    async def request(self, msg_type: str, content: dict, channel: str = "shell", idle: bool = True,
+                      timeout: float = 60.0) -> Outcome:
+        raise NotImplementedError
+
+    async def execute(self, code: str, timeout: float = 60.0) -> Outcome:
+        return await self.request("execute_request", execute_content(code), timeout=timeout)
+
+    async def kernel_info(self, timeout: float = 60.0) -> Outcome:
+        """Until the reply only: a first request need not wait for its iopub."""
+        return await self.request("kernel_info_request", {}, idle=False, timeout=timeout)
+
+
+class WebsocketKernel(KernelRequests):
     """A kernel reached through a gateway's /api/kernels/{id}/channels, in whichever protocol the server
     accepted: v1 when asked for and granted, the legacy JSON protocol otherwise."""
 
@@ -114,13 +129,6 @@ class WebsocketKernel:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
-    async def execute(self, code: str, timeout: float = 60.0) -> Outcome:
-        return await self.request("execute_request", execute_content(code), timeout=timeout)
-
-    async def kernel_info(self, timeout: float = 60.0) -> Outcome:
-        """Until the reply only: a first request need not wait for its iopub."""
-        return await self.request("kernel_info_request", {}, idle=False, timeout=timeout)
-
     async def alive(self, wait: float = 0.5) -> bool:
         """Whether the server still holds this websocket open: frames waiting to be read are skipped, a
         close from the server (some accept the upgrade and only then give up) counts as gone."""
@@ -137,7 +145,7 @@ class WebsocketKernel:
         await self.ws.close()
 
 
-class RawKernel:
+class RawKernel(KernelRequests):
     """A kernel reached straight over ZMQ with jupyter_client's AsyncKernelClient, read the way its own
     blocking helpers read: iopub until the request's idle, then the reply (which ZMQ has queued)."""
 
@@ -168,12 +176,6 @@ class RawKernel:
                 outcome.replied = outcome.complete = True
         outcome.seconds = time.perf_counter() - started
         return outcome
-
-    async def execute(self, code: str, timeout: float = 60.0) -> Outcome:
-        return await self.request("execute_request", execute_content(code), timeout=timeout)
-
-    async def kernel_info(self, timeout: float = 60.0) -> Outcome:
-        return await self.request("kernel_info_request", {}, idle=False, timeout=timeout)
 
     async def close(self) -> None:
         self.client.stop_channels()

@@ -8,7 +8,7 @@ import time
 
 from .results import Results, describe
 from .settings import Settings
-from .targets import RAW, Fleet, rss_bytes, settled_kernels
+from .targets import Fleet, rss_bytes, settled_kernels
 
 IDLE = "idle-websockets"
 LOAD = "load"
@@ -18,11 +18,7 @@ OPEN_AT_ONCE = 50  # websockets being opened at any one time
 async def idle_websockets(fleet: Fleet, settings: Settings, results: Results) -> None:
     """`idle_websockets` websockets to one kernel, held open: how many open, and the growth in resident
     memory of the process serving them (this gateway's one web worker, Kernel Gateway itself)."""
-    for name in fleet.names:
-        if name != RAW:
-            with results.guard(IDLE, name):
-                async with fleet.running([name]) as [target]:
-                    await _idle_websockets(target, settings, results)
+    await fleet.each_gateway(IDLE, results, lambda target: _idle_websockets(target, settings, results))
 
 
 async def _idle_websockets(target, settings: Settings, results: Results) -> None:

@@ -8,7 +8,7 @@ import time
 
 from .results import Results, describe
 from .settings import Settings
-from .targets import RAW, THIS, Fleet, ThisGateway, rss_bytes, settled_kernels
+from .targets import THIS, Fleet, ThisGateway, rss_bytes, settled_kernels
 
 START = "start"
 CONCURRENT = "concurrent-starts"
@@ -65,11 +65,7 @@ async def _starts(targets, body: dict, kind: str, settings: Settings, results: R
 async def concurrent_starts(fleet: Fleet, settings: Settings, results: Results) -> None:
     """`concurrent_starts` kernels asked for at once: how many answer, how long it takes, and what the
     process that owns the kernels (this gateway's supervisor, Kernel Gateway itself) gains per kernel."""
-    for name in fleet.names:
-        if name != RAW:
-            with results.guard(CONCURRENT, name):
-                async with fleet.running([name]) as [target]:
-                    await _concurrent_starts(target, settings, results)
+    await fleet.each_gateway(CONCURRENT, results, lambda target: _concurrent_starts(target, settings, results))
 
 
 async def _concurrent_starts(target, settings: Settings, results: Results) -> None:

@@ -351,6 +351,15 @@ class Fleet:
         async with contextlib.AsyncExitStack() as stack:
             yield [await stack.enter_async_context(make(name, *gateway_args)) for name in names]
 
+    async def each_gateway(self, workload: str, results, run) -> None:
+        """`run(target)` against each chosen gateway in turn (raw ZMQ has no server to measure); one that
+        fails is noted in `results` and the next goes on."""
+        for name in self.names:
+            if name != RAW:
+                with results.guard(workload, name):
+                    async with self.running([name]) as [target]:
+                        await run(target)
+
     async def _kept_target(self, name: str, gateway_args: tuple[str, ...]) -> Server | RawKernels:
         key = (name, *(gateway_args if name == THIS else ()))
         if key not in self._kept:

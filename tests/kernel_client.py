@@ -8,7 +8,6 @@ import json
 import struct
 import uuid
 from datetime import datetime, timezone
-from typing import Any
 
 import aiohttp
 
