@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import sys
 
 import pytest
+import zmq.asyncio
 
-from .kernel_client import encode_v1
+from kernels_gateway.supervisor.activity import subscriber
+
+from .conftest import HERE, write_kernelspec
+from .kernel_client import KernelSocket, encode_v1
 
 both_protocols = pytest.mark.parametrize("v1", [False, True], ids=["legacy", "v1"])
 
@@ -42,6 +47,50 @@ async def test_first_output_of_a_fresh_connection_arrives(kernel, connect, v1):
         _, stdout = await sock.execute("print('first')")
         assert stdout == "first\n"
         await sock.close()
+
+
+async def test_a_kernel_that_sends_no_welcome_still_loses_no_first_output(start_gateway, http, tmp_path):
+    """Without iopub_welcome, the supervisor and each worker prove their subscriptions with the status
+    messages of kernel_info requests, asked again until one comes through."""
+    argv = [sys.executable, str(HERE / "kernels" / "unwelcoming.py"), "-f", "{connection_file}"]
+    write_kernelspec(tmp_path, "unwelcoming", argv)
+    gw = await start_gateway("--initial-kernels", "0", env={"JUPYTER_PATH": str(tmp_path)})
+    for _ in range(2):
+        async with http.post(f"{gw.url}/api/kernels", json={"name": "unwelcoming"}) as response:
+            assert response.status == 201
+            model = await response.json()
+        assert model["execution_state"] == "idle"
+        for v1 in (False, True):
+            sock = await KernelSocket.open(http, gw, model["id"], v1=v1)
+            _, stdout = await sock.execute("print('first')")
+            assert stdout == "first\n"
+            await sock.close()
+
+
+async def test_the_kernels_welcomes_reach_no_client_and_are_no_activity(gateway, http, kernel, connect):
+    """ipykernel greets each new iopub subscription with iopub_welcome, sent to every subscriber: those
+    greeting the gateway's own subscriptions mean nothing to clients, and a subscription is no activity."""
+    pytest.importorskip("ipykernel", minversion="7")  # the first version that greets subscribers
+    sock = await connect(kernel["id"])
+    await sock.execute("1")
+    await asyncio.sleep(0.5)  # the supervisor has seen the cell's last status
+    async with http.get(f"{gateway.url}/api/kernels/{kernel['id']}") as response:
+        before = (await response.json())["last_activity"]
+    info = json.loads((gateway.runtime_dir / f"kernel-{kernel['id']}.json").read_text())
+    context = zmq.asyncio.Context()
+    sub = subscriber(context, info)  # greeted at once: it has a topic of its own, as the gateway's do
+    try:
+        async with asyncio.timeout(10):
+            while b'"iopub_welcome"' not in b"".join(await sub.recv_multipart()):
+                pass
+    finally:
+        context.destroy(linger=0)
+    await asyncio.sleep(0.5)  # time for the gateway's own subscribers to hear the same welcome
+    async with http.get(f"{gateway.url}/api/kernels/{kernel['id']}") as response:
+        assert (await response.json())["last_activity"] == before
+    _, stdout = await sock.execute("print('after')")  # relayed after the welcome, had it been relayed
+    assert stdout == "after\n"
+    assert [m["header"]["msg_type"] for m in sock.pending if m["header"]["msg_type"] == "iopub_welcome"] == []
 
 
 async def test_legacy_messages_carry_jupyter_server_fields(kernel, connect):

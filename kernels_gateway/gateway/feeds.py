@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
+from ..supervisor.activity import DELIMITER, WELCOME, subscriber
 from ..supervisor.wire import kernel_url
 
 if TYPE_CHECKING:
@@ -24,8 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kernels_gateway.channels")
 
-DELIMITER = b"<IDS|MSG>"
 NUDGE_TIMEOUT = 10.0
+# A kernel that greets subscriptions does so within a millisecond or two; past this, it is asked.
+WELCOME_WAIT = 0.05
+WELCOME_TYPE = f'"{WELCOME}"'.encode()
 
 
 def message_body(parts: list[bytes]) -> list[bytes] | None:
@@ -35,6 +39,11 @@ def message_body(parts: list[bytes]) -> list[bytes] | None:
     except ValueError:
         return None
     return body if len(body) >= 4 else None
+
+
+def is_welcome(header: bytes) -> bool:
+    """Whether a header is an iopub_welcome's; the substring test keeps JSON off the hot path."""
+    return WELCOME_TYPE in header and json.loads(header).get("msg_type") == WELCOME
 
 
 class IOPubFeed:
@@ -52,11 +61,8 @@ class IOPubFeed:
     def _open(self, info: dict[str, Any]) -> None:
         self.info = info
         self.session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
-        self._sub = self._context.socket(zmq.SUB)
-        self._sub.linger = 0
-        self._sub.rcvhwm = 0  # ZMQ would drop silently; each websocket's outbox bounds and reports instead
-        self._sub.subscribe(b"")
-        self._sub.connect(kernel_url(info, "iopub"))
+        # No high-water mark: ZMQ would drop silently; each websocket's outbox bounds and reports instead.
+        self._sub = subscriber(self._context, info, rcvhwm=0)
 
     async def ready(self) -> None:
         """The first websocket waits here until the subscription is proven live; the others pass."""
@@ -67,19 +73,23 @@ class IOPubFeed:
                 self._follower = asyncio.create_task(self._follow(), name=f"events-{self.kernel_id}")
 
     async def _nudge(self) -> None:
-        """Send kernel_info_request until something arrives on the iopub socket.
+        """Wait until something arrives on the iopub socket: the kernel's welcome, or else the status
+        messages of kernel_info requests sent until one comes through.
 
         A SUB socket misses whatever the kernel publishes before its subscription has propagated; only
         once a message has come through can a cell's first output be trusted to arrive. Requests go on
         throwaway sockets so their replies reach no client; control answers even while shell is busy.
         """
+        self._heard.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._heard.wait(), WELCOME_WAIT)
+            return
         probes = []
         for channel in ("shell", "control"):
             probe = self._context.socket(zmq.DEALER)
             probe.linger = 0
             probe.connect(kernel_url(self.info, channel))
             probes.append(probe)
-        self._heard.clear()
         try:
             async with asyncio.timeout(NUDGE_TIMEOUT):
                 while not self._heard.is_set():
@@ -100,6 +110,8 @@ class IOPubFeed:
             if body is None:
                 log.warning("Kernel %s: malformed iopub message dropped", self.kernel_id)
                 continue
+            if is_welcome(body[0]):
+                continue  # a greeting for some gateway's subscription, meaningless to clients
             for subscriber in list(self.subscribers):
                 subscriber.deliver("iopub", body)
 

@@ -12,21 +12,44 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
+from .wire import kernel_url
+
 log = logging.getLogger("kernels_gateway.supervisor")
 
 DELIMITER = b"<IDS|MSG>"
+# What a kernel with an XPUB iopub socket (ipykernel 7 and later) sends each new subscription.
+WELCOME = "iopub_welcome"
 # Requests that clients and the gateway send while a kernel runs a cell (control answers even then):
 # the busy/idle they cause says nothing about the kernel's work, as Jupyter Server also decided.
 UNTRACKED = frozenset({
     "comm_info_request", "kernel_info_request", "shutdown_request", "interrupt_request", "debug_request",
     "history_request", "usage_request", "inspect_request", "complete_request", "is_complete_request",
 })
+
+
+def subscriber(context: zmq.asyncio.Context, connection_info: dict[str, Any], rcvhwm: int = 1000) -> zmq.asyncio.Socket:
+    """A SUB socket for everything on a kernel's iopub, which the kernel greets once it is live.
+
+    A kernel with an XPUB iopub socket greets each subscription it hears of, but XPUB passes on only
+    a topic's first subscription, and everyone subscribes to everything (b""): so each socket also
+    subscribes to a topic of its own. A kernel that greets nobody is asked for kernel_info instead.
+    """
+    sub = context.socket(zmq.SUB)
+    sub.linger = 0
+    sub.rcvhwm = rcvhwm
+    sub.reconnect_ivl = 10  # ms; ZMQ's 100 would add up to that to each start and restart
+    sub.subscribe(b"")
+    sub.subscribe(f"kernels-gateway.{uuid.uuid4().hex}".encode())
+    sub.connect(kernel_url(connection_info, "iopub"))
+    return sub
 
 
 @dataclass(frozen=True)
@@ -41,17 +64,13 @@ class IOPub:
         self.limits = limits
         self.execution_state = "starting"
         self.last_activity = time.time()
-        self.idle = asyncio.Event()  # set by every `idle` status
+        self.heard = asyncio.Event()  # set by every message: proof that the subscription is live
         self._seq = 0
         self._buffer: deque[tuple[int, float, list[bytes]]] = deque()
         self._buffered_bytes = 0
         self._departed: dict[str, tuple[str | None, int, float]] = {}
 
-    async def watch(self, context: zmq.asyncio.Context, url: str) -> None:
-        sub = context.socket(zmq.SUB)
-        sub.linger = 0
-        sub.subscribe(b"")
-        sub.connect(url)
+    async def watch(self, sub: zmq.asyncio.Socket) -> None:
         try:
             while True:
                 parts = await sub.recv_multipart()
@@ -64,15 +83,14 @@ class IOPub:
 
     def _heard(self, parts: list[bytes]) -> None:
         """parts: header, parent_header, metadata, content, *buffers."""
+        self.heard.set()
+        msg_type = json.loads(parts[0]).get("msg_type")
+        if msg_type == WELCOME:
+            return  # the kernel greeting a subscription: not activity, and for no client
         now = time.time()
         self.last_activity = now
-        header = json.loads(parts[0])
-        if header.get("msg_type") == "status":
-            state = json.loads(parts[3])["execution_state"]
-            if state == "idle":
-                self.idle.set()
-            if json.loads(parts[1]).get("msg_type") not in UNTRACKED:
-                self.execution_state = state
+        if msg_type == "status" and json.loads(parts[1]).get("msg_type") not in UNTRACKED:
+            self.execution_state = json.loads(parts[3])["execution_state"]
         self._seq += 1
         self._buffer.append((self._seq, now, parts))
         self._buffered_bytes += sum(map(len, parts))

@@ -29,7 +29,7 @@ from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoS
 from jupyter_client.provisioning import KernelProvisionerFactory, LocalProvisioner
 
 from . import metrics
-from .activity import IOPub, ReplayLimits
+from .activity import IOPub, ReplayLimits, subscriber
 from .errors import BadRequest, KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
 from .pool import WarmPool
 from .process import AdoptedProcess, exited, start_time
@@ -42,6 +42,8 @@ log = logging.getLogger("kernels_gateway.supervisor")
 MAX_SOCKET_PATH = 107
 MAX_IPC_PREFIX = MAX_SOCKET_PATH - len("-65535")
 MAX_ENV_VALUE = 32 * 1024
+# After a kernel_info reply, how long the iopub socket may take to hear the kernel before asking again.
+IOPUB_PROOF_WAIT = 0.1
 POLL_INTERVAL = 1.0  # for provisioners whose process we cannot watch through a pidfd
 # Kernel ids are the canonical form of a random UUID, and nothing else is ever looked up, logged or
 # turned into a path: whatever a client puts in a URL stops here.
@@ -259,27 +261,31 @@ class Kernels:
         return env
 
     async def _wait_ready(self, kernel: Kernel) -> None:
-        """Ask for kernel_info until a reply comes back on shell and the kernel's `idle` after it
-        reaches our iopub socket.
+        """Ask for kernel_info until a reply comes back on shell and our iopub socket has heard from
+        the kernel.
 
         The iopub half matters: a SUB socket misses what is published before its subscription has
-        propagated, so only a status seen on iopub proves that state tracking is live. One request is
-        outstanding at a time (ZMQ queues it until the kernel binds), so no stray replies follow.
+        propagated, so only a message that came through proves that state tracking is live. A kernel
+        with an XPUB iopub socket greets the subscription itself; an older one proves it with the
+        status messages around a kernel_info request, hence the request again after a short wait.
+        One request is outstanding at a time (ZMQ queues it until the kernel binds), so no stray
+        replies follow.
         """
+        kernel.iopub.heard.clear()
         shell = self._zmq.socket(zmq.DEALER)
         shell.linger = 0
+        shell.reconnect_ivl = 10
         shell.connect(kernel_url(kernel.connection_info(), "shell"))
         try:
             async with asyncio.timeout(self.settings.start_timeout):
                 while True:
-                    kernel.iopub.idle.clear()
                     kernel.manager.session.send(shell, "kernel_info_request")
                     while not await shell.poll(1000):
                         if not await kernel.manager.is_alive():
                             raise KernelStartFailed("the kernel process exited during start-up")
                     await shell.recv_multipart()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(kernel.iopub.idle.wait(), 0.5)
+                        await asyncio.wait_for(kernel.iopub.heard.wait(), IOPUB_PROOF_WAIT)
                         kernel.iopub.execution_state = "idle"
                         return
         except TimeoutError:
@@ -288,7 +294,7 @@ class Kernels:
             shell.close()
 
     async def _watch_iopub(self, kernel: Kernel) -> None:
-        await kernel.iopub.watch(self._zmq, kernel_url(kernel.connection_info(), "iopub"))
+        await kernel.iopub.watch(subscriber(self._zmq, kernel.connection_info()))
 
     # -- death and automatic restart -----------------------------------------------------------
 
