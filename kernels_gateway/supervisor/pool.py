@@ -1,7 +1,8 @@
 """Warm kernels: started and answering before anyone asks, so a start request costs a dictionary pop.
 
-The pool keeps `size` ready kernels per kernelspec and refills in the background, one start at a time
-per kernelspec so that refilling never competes with requests for more than one kernel's start-up.
+The pool keeps `size` ready kernels per kernelspec and refills in the background, a moment after a
+kernel was taken and then one start at a time per kernelspec, so that refilling never competes with
+requests for more than one kernel's start-up.
 Pooled kernels are not listed and do not count against the kernel limit.
 """
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("kernels_gateway.supervisor")
 
 RETRY_AFTER = 5.0  # a kernelspec whose kernels fail to start is not retried in a tight loop
+# A kernel just taken is about to answer its client's first requests. A start-up beside it burns a core
+# on imports for half a second or more, which on a small machine doubles those first round trips; the
+# refill waits until they are done.
+REFILL_AFTER = 1.0
 
 
 class WarmPool:
@@ -32,8 +37,6 @@ class WarmPool:
 
     def start(self) -> None:
         self._fillers = [asyncio.create_task(self._fill(name), name=f"pool-{name}") for name in self.sizes]
-        for wanted in self._wanted.values():
-            wanted.set()
 
     async def take(self, name: str) -> Kernel | None:
         """A ready kernel of this kernelspec, or None when there is none to spare."""
@@ -48,8 +51,6 @@ class WarmPool:
 
     async def _fill(self, name: str) -> None:
         while True:
-            await self._wanted[name].wait()
-            self._wanted[name].clear()
             while len(self._ready[name]) < self.sizes[name]:
                 try:
                     kernel = await self._launch(name)
@@ -58,6 +59,9 @@ class WarmPool:
                 except Exception as e:
                     log.error("Warm kernel of %s failed to start: %s", name, e)
                     await asyncio.sleep(RETRY_AFTER)
+            await self._wanted[name].wait()
+            self._wanted[name].clear()
+            await asyncio.sleep(REFILL_AFTER)
 
     async def close(self) -> None:
         for filler in self._fillers:
