@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import messages, recovery, report, rest, scale, starts
+from . import messages, profile, recovery, report, rest, scale, starts
 from .results import Results, describe
 from .settings import DEFAULT, QUICK, Settings
 from .targets import KG, RAW, REPO, THIS, Fleet, KernelGateway, write_kernelspec
@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, default=RESULTS, help="folder for the results (default benchmarks/results)")
     p.add_argument("--report", type=Path, metavar="RESULTS_JSON",
                    help="measure nothing: redraw the table and the chart of a saved results.json into --out")
+    p.add_argument("--profile", action="store_true",
+                   help="sample this gateway's processes with py-spy during each workload; stacks and a summary "
+                        "go to OUT/profiles")
     p.add_argument("--note", default="", help="a line printed above the table and the chart, such as the machine's state")
     return p
 
@@ -97,6 +100,7 @@ async def run(workloads: list[str], fleet: Fleet, settings: Settings, results: R
     try:
         for workload in workloads:
             print(f"-- {workload}", file=sys.stderr, flush=True)
+            fleet.workload = workload
             began = time.monotonic()
             try:
                 await WORKLOADS[workload](fleet, settings, results)
@@ -150,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             results.note("all", f"Kernel Gateway could not be installed: {e}")
             targets.remove(KG)
     try:
-        asyncio.run(run(workloads, Fleet(targets, keep=args.quick), settings, results, args.out))
+        profiler = None
+        if args.profile:
+            profile.check_available()
+            profiler = profile.Profiler(args.out / "profiles")
+        asyncio.run(run(workloads, Fleet(targets, keep=args.quick, profiler=profiler), settings, results, args.out))
     finally:
         specs.cleanup()
     results.meta["load average at end"] = os.getloadavg()

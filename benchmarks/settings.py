@@ -11,7 +11,7 @@ class Settings:
     rounds: int = 5  # latency samples are taken in rounds, the targets in turn, so noise hits all alike
     warmup: int = 10  # requests per client before timing
     execute_samples: int = 200
-    start_samples: int = 10
+    start_samples: int = 20  # starts are the noisiest measure: a median of 10 moved by 100 ms between runs
     output_mib: int = 20
     output_samples: int = 3
     rest_seconds: float = 10.0

@@ -24,6 +24,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.session import Session
 
 from .clients import RawKernel, WebsocketKernel
+from .profile import Profiler
 
 REPO = Path(__file__).resolve().parent.parent
 KG_VENV = Path(__file__).resolve().parent / ".venv-kg"
@@ -220,8 +221,13 @@ class ThisGateway(Server):
             argv += ["--initial-kernels", "0"]
         return argv, dict(os.environ), REPO
 
+    def processes(self) -> list[tuple[str, int]]:
+        """(role, pid) of the supervisor and of each web worker."""
+        return [(role, pid) for pid, cmd in sorted(children(self.process.pid).items())
+                for role in ("supervisor", "web") if f"kernels_gateway {role}" in cmd]
+
     def _child(self, role: str) -> list[int]:
-        return [pid for pid, cmd in children(self.process.pid).items() if f"kernels_gateway {role}" in cmd]
+        return [pid for found, pid in self.processes() if found == role]
 
     def memory_pid(self) -> int:
         return self._child("web")[0]
@@ -337,19 +343,26 @@ class Fleet:
     smoke run's shortcut; a measurement wants fresh servers) a target started once, with the same
     arguments, serves every later workload, and all stop when the fleet closes."""
 
-    def __init__(self, names: list[str], keep: bool = False):
+    def __init__(self, names: list[str], keep: bool = False, profiler: Profiler | None = None):
         self.names = names
         self.keep = keep
+        self.profiler = profiler  # records this gateway's processes while a workload runs against them
+        self.workload = ""  # the one running, to name its profiles
         self._kept: dict[tuple[str, ...], Server | RawKernels] = {}
         self._stack = contextlib.AsyncExitStack()
 
     @contextlib.asynccontextmanager
     async def running(self, names: list[str], *gateway_args: str):
-        if self.keep:
-            yield [await self._kept_target(name, gateway_args) for name in names]
-            return
         async with contextlib.AsyncExitStack() as stack:
-            yield [await stack.enter_async_context(make(name, *gateway_args)) for name in names]
+            if self.keep:
+                targets = [await self._kept_target(name, gateway_args) for name in names]
+            else:
+                targets = [await stack.enter_async_context(make(name, *gateway_args)) for name in names]
+            if self.profiler:
+                for target in targets:
+                    if isinstance(target, ThisGateway):
+                        await stack.enter_async_context(self.profiler.recording(target, self.workload))
+            yield targets
 
     async def each_gateway(self, workload: str, results, run) -> None:
         """`run(target)` against each chosen gateway in turn (raw ZMQ has no server to measure); one that

@@ -33,3 +33,19 @@ def test_quick_run_against_this_gateway(tmp_path):
     assert "| execute | round trip p50 (legacy) | ms |" in table
     assert table in run.stdout
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_profile_samples_every_process_of_this_gateway(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--targets", "this", "--workloads", "execute",
+         "--samples", "200", "--profile", "--out", str(tmp_path)],  # seconds of relaying to sample
+        cwd=REPO, capture_output=True, text=True, timeout=100,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    profiles = tmp_path / "profiles"
+    stacks = {path.name.split("-")[2]: path.read_text() for path in profiles.glob("*.txt")}
+    assert set(stacks) == {"supervisor", "web"}, sorted(profiles.iterdir())
+    assert "kernels_gateway/gateway/" in stacks["web"]  # the worker's own code, caught relaying
+    summary = (profiles / "profiles.md").read_text()
+    assert summary.count("busy samples in") == 2 and "not recorded" not in summary
+    assert "| package | share |" in summary
