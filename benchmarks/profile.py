@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .targets import ThisGateway
 
 RATE = 200  # samples per second
-STOP_GRACE = 30.0  # py-spy writes its file when interrupted
+STOP_GRACE = 30.0  # for py-spy to write its file once interrupted
 TOP_FUNCTIONS = 12
 
 
@@ -44,9 +44,10 @@ def summary(title: str, stacks: Path, seconds: float) -> str:
         if stack and count.isdigit():
             own[stack.rpartition(";")[2]] += int(count)
     busy = sum(own.values())
+    core_share = busy / (RATE * seconds) if seconds else 0.0
     lines = [f"### {title}", "",
-             f"{busy} busy samples in {seconds:.1f} s at {RATE}/s: {busy / (RATE * seconds) if seconds else 0:.0%} "
-             f"of one core. Stacks: `{stacks.name}`.", ""]
+             f"{busy} busy samples in {seconds:.1f} s at {RATE}/s: {core_share:.0%} of one core. "
+             f"Stacks: `{stacks.name}`.", ""]
     if not busy:
         return "\n".join(lines + [""])
     packages: Counter[str] = Counter()
