@@ -44,6 +44,14 @@ def kernel_pids(runtime_dir: Path) -> list[int]:
     return pids
 
 
+async def eventually(check, timeout: float = 30, every: float = 0.1):
+    """Poll `check` (a coroutine function) until it returns something truthy."""
+    async with asyncio.timeout(timeout):
+        while not (result := await check()):
+            await asyncio.sleep(every)
+    return result
+
+
 class Gateway:
     """One `kernels-gateway` process tree on a free port, in its own short runtime dir."""
 

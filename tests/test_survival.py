@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .conftest import kernel_pids
+from .conftest import eventually, kernel_pids
 from .kernel_client import KernelSocket
 from .test_process import children
 
@@ -23,14 +23,6 @@ async def start_kernel(http, gw) -> str:
     status, model = await json_of(http, "POST", f"{gw.url}/api/kernels", json={})
     assert status == 201, model
     return model["id"]
-
-
-async def eventually(check, timeout: float = 30, every: float = 0.1):
-    """Poll `check` (a coroutine function) until it returns something truthy."""
-    async with asyncio.timeout(timeout):
-        while not (result := await check()):
-            await asyncio.sleep(every)
-    return result
 
 
 async def wait_for_status(sock: KernelSocket, state: str, timeout: float = 30) -> dict:
