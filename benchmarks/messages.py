@@ -27,23 +27,32 @@ def output_cell(mib: int) -> str:
             f"    sys.stdout.write(_chunk)\n    sys.stdout.flush()\n")
 
 
-async def _clients(targets, results: Results, workload: str) -> list:
-    """One client per (target, protocol) on one kernel per target: [(target, protocol, client)]."""
+@contextlib.asynccontextmanager
+async def _clients(targets, results: Results, workload: str):
+    """One client per (target, protocol) on one kernel per target, [(target, protocol, client)], all
+    closed when the block ends."""
     clients = []
-    for target in targets:
-        kernel_id = await target.start_kernel()
-        for protocol in target.protocols:
-            client = await target.connect(kernel_id, v1=protocol == "v1")
-            if client.protocol != protocol:
-                results.note(workload, f"{target.name} did not accept the {protocol} protocol; not measured")
+    try:
+        for target in targets:
+            kernel_id = await target.start_kernel()
+            for protocol in target.protocols:
+                client = await target.connect(kernel_id, v1=protocol == "v1")
+                if client.protocol != protocol:
+                    results.note(workload, f"{target.name} did not accept the {protocol} protocol; not measured")
+                    await client.close()
+                    continue
+                clients.append((target, protocol, client))
+        yield clients
+    finally:
+        for _, _, client in clients:
+            with contextlib.suppress(Exception):
                 await client.close()
-                continue
-            clients.append((target, protocol, client))
-    return clients
 
 
-def _protocols_of(clients) -> list[str]:
-    """The websocket protocols measured, which raw ZMQ results are the reference for."""
+def _shown_as(protocol: str, clients) -> list[str]:
+    """The protocols a result is reported under: raw ZMQ's stands beside each websocket protocol measured."""
+    if protocol != "zmq":
+        return [protocol]
     return sorted({p for _, p, _ in clients if p != "zmq"}) or ["legacy"]
 
 
@@ -54,10 +63,9 @@ async def execute(fleet: Fleet, settings: Settings, results: Results) -> None:
 
 
 async def _execute(targets, settings: Settings, results: Results) -> None:
-    clients = await _clients(targets, results, EXECUTE)
-    samples = {(target.name, protocol): [] for target, protocol, _ in clients}
     incomplete = 0
-    try:
+    async with _clients(targets, results, EXECUTE) as clients:
+        samples = {(target.name, protocol): [] for target, protocol, _ in clients}
         for _, _, client in clients:
             for _ in range(settings.warmup):
                 await client.execute("1", settings.request_timeout)
@@ -70,12 +78,8 @@ async def _execute(targets, settings: Settings, results: Results) -> None:
                         samples[target.name, protocol].append(outcome.seconds)
                     else:
                         incomplete += 1
-    finally:
-        for _, _, client in clients:
-            with contextlib.suppress(Exception):
-                await client.close()
     for (name, protocol), seconds in samples.items():
-        for shown in _protocols_of(clients) if protocol == "zmq" else [protocol]:
+        for shown in _shown_as(protocol, clients):
             results.latency(EXECUTE, ROUND_TRIP.replace("{protocol}", shown), name, seconds)
     if incomplete:
         results.note(EXECUTE, f"{incomplete} requests got no reply within {settings.request_timeout:g} s")
@@ -88,12 +92,11 @@ async def output(fleet: Fleet, settings: Settings, results: Results) -> None:
 
 
 async def _output(targets, settings: Settings, results: Results) -> None:
-    clients = await _clients(targets, results, OUTPUT)
     expected = settings.output_mib * 1024 * 1024
     cell = output_cell(settings.output_mib)
-    delivered = {(target.name, protocol): [] for target, protocol, _ in clients}
-    rate = {(target.name, protocol): [] for target, protocol, _ in clients}
-    try:
+    async with _clients(targets, results, OUTPUT) as clients:
+        delivered = {(target.name, protocol): [] for target, protocol, _ in clients}
+        rate = {(target.name, protocol): [] for target, protocol, _ in clients}
         for _, _, client in clients:
             await client.execute("1", settings.request_timeout)
         for _ in range(settings.output_samples):
@@ -104,13 +107,8 @@ async def _output(targets, settings: Settings, results: Results) -> None:
                                          f"within {settings.request_timeout:g} s")
                 delivered[target.name, protocol].append(100 * outcome.stdout_bytes / expected)
                 rate[target.name, protocol].append(outcome.stdout_bytes / outcome.seconds / 1e6)
-    finally:
-        for _, _, client in clients:
-            with contextlib.suppress(Exception):
-                await client.close()
     for (name, protocol), percents in delivered.items():
-        for shown in _protocols_of(clients) if protocol == "zmq" else [protocol]:
+        for shown in _shown_as(protocol, clients):
             results.record(OUTPUT, f"delivered ({shown})", name, median(percents), "%", percents)
             results.record(OUTPUT, f"throughput ({shown})", name, median(rate[name, protocol]), "MB/s",
                            rate[name, protocol])
-
