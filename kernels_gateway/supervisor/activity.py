@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from .wire import kernel_url
+from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
@@ -45,7 +45,7 @@ def subscriber(context: zmq.asyncio.Context, connection_info: dict[str, Any], rc
     sub = context.socket(zmq.SUB)
     sub.linger = 0
     sub.rcvhwm = rcvhwm
-    sub.reconnect_ivl = 10  # ms; ZMQ's 100 would add up to that to each start and restart
+    sub.reconnect_ivl = KERNEL_RECONNECT_MS
     sub.subscribe(b"")
     sub.subscribe(f"kernels-gateway.{uuid.uuid4().hex}".encode())
     sub.connect(kernel_url(connection_info, "iopub"))

@@ -34,7 +34,7 @@ from .errors import BadRequest, KernelLimit, KernelNotFound, KernelSpecNotFound,
 from .pool import WarmPool
 from .process import AdoptedProcess, exited, start_time
 from .records import Records
-from .wire import kernel_url
+from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
@@ -274,7 +274,7 @@ class Kernels:
         kernel.iopub.heard.clear()
         shell = self._zmq.socket(zmq.DEALER)
         shell.linger = 0
-        shell.reconnect_ivl = 10
+        shell.reconnect_ivl = KERNEL_RECONNECT_MS
         shell.connect(kernel_url(kernel.connection_info(), "shell"))
         try:
             async with asyncio.timeout(self.settings.start_timeout):

@@ -81,6 +81,11 @@ def unpack_parts(packed: list[str]) -> list[bytes]:
     return [base64.b64decode(part) for part in packed]
 
 
+# How often a socket retries a kernel endpoint not yet (or no longer) bound, in ms: ZMQ's 100 would add
+# up to that to each kernel start and restart.
+KERNEL_RECONNECT_MS = 10
+
+
 def kernel_url(connection_info: dict[str, Any], channel: str) -> str:
     """The ZMQ endpoint of one of a kernel's channels, from its connection info."""
     port = connection_info[f"{channel}_port"]
