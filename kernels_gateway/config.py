@@ -100,10 +100,10 @@ class Config:
                         kg="KG_MAX_AGE")
     transport: str = _opt("ipc", "ZMQ transport between kernels and the gateway: ipc or tcp (loopback)",
                           (SUPERVISOR,), choices=("ipc", "tcp"))
-    kernel_start_timeout: float = _opt(60.0, "seconds a kernel has to answer its first request", (SUPERVISOR,))
+    # Both halves: the web half waits that long for the supervisor's answer to a start or a shutdown.
+    kernel_start_timeout: float = _opt(60.0, "seconds a kernel has to answer its first request")
     shutdown_wait: float = _opt(
         5.0, "seconds a kernel has to exit after a shutdown request before it is terminated, then killed",
-        (SUPERVISOR,),
     )
     restart_limit: int = _opt(
         5, "restarts of a kernel that keeps dying within 10 s of starting before it is declared dead", (SUPERVISOR,)
