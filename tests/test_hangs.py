@@ -31,7 +31,8 @@ def stopped(pid: int):
     try:
         yield
     finally:
-        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # it may have been killed meanwhile
+            os.kill(pid, signal.SIGCONT)
 
 
 async def test_a_stopped_supervisor_costs_prompt_503s_and_then_everything_works_again(start_gateway, http):
@@ -70,3 +71,25 @@ async def test_a_stopped_supervisor_costs_prompt_503s_and_then_everything_works_
 async def _ok(http, url: str):
     status, body = await json_of(http, "GET", url)
     return (status, body) if status == 200 else None
+
+
+async def test_a_stopped_worker_is_replaced_and_nothing_else_is(start_gateway, http):
+    gw = await start_gateway("--workers", "2", "--initial-kernels", "0", "--watchdog-timeout", "3")
+    stuck, other = child_pids(gw, "web")
+    [supervisor] = child_pids(gw, "supervisor")
+
+    async def replaced():
+        workers = child_pids(gw, "web")
+        return stuck not in workers and len(workers) == 2
+
+    with stopped(stuck):
+        await eventually(replaced, timeout=60)
+    assert "sent no watchdog ping for 3 s" in gw.log()
+    # Every new connection is served again, whichever listening socket the kernel hands it to.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        for _ in range(20):
+            status, _ = await json_of(fresh, "GET", f"{gw.url}/api", timeout=PATIENCE)
+            assert status == 200
+    # The live ones kept pinging: neither was taken for hung.
+    assert other in child_pids(gw, "web") and child_pids(gw, "supervisor") == [supervisor]
+    assert await gw.stop() == 0
