@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 
 from .config import SUPERVISOR, WEB, Config
-from .gateway.server import serving_url, ssl_context
+from .gateway.server import address_in_use, serving_url, ssl_context
 from .supervisor.main import SECRET_ENV, SECRET_ENV_PREFIXES, prepare_runtime_dir
 from .systemd import Notifier
 
@@ -278,7 +278,7 @@ def _claim_port(config: Config) -> socket.socket:
     except OSError as e:
         claim.close()
         if e.errno == errno.EADDRINUSE:
-            raise RuntimeError(f"Cannot listen on {config.ip}:{config.port}: address already in use") from None
+            raise address_in_use(config) from None
         raise
     return claim
 
