@@ -1,4 +1,5 @@
-"""Hangs are detected and bounded: a stopped supervisor costs prompt 503s, a stopped worker is replaced."""
+"""Hangs are detected and bounded: a stopped supervisor costs prompt 503s, a stopped child is replaced;
+and a worker hears what a new supervisor says of the websockets it announces again."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import signal
 import aiohttp
 import pytest
 
-from .conftest import eventually
+from .conftest import eventually, kernel_pids
 from .kernel_client import KernelSocket
 from .test_process import children
 from .test_survival import json_of, start_kernel
@@ -93,3 +94,48 @@ async def test_a_stopped_worker_is_replaced_and_nothing_else_is(start_gateway, h
     # The live ones kept pinging: neither was taken for hung.
     assert other in child_pids(gw, "web") and child_pids(gw, "supervisor") == [supervisor]
     assert await gw.stop() == 0
+
+
+async def test_a_stopped_supervisor_is_replaced_and_its_successor_adopts_the_kernels(start_gateway, http):
+    gw = await start_gateway("--initial-kernels", "0", "--watchdog-timeout", "3")
+    kernel_id = await start_kernel(http, gw)
+    sock = await KernelSocket.open(http, gw, kernel_id)
+    await sock.execute("x = 42")
+    [supervisor] = child_pids(gw, "supervisor")
+
+    async def replaced():
+        return child_pids(gw, "supervisor") not in ([], [supervisor])
+
+    with stopped(supervisor):
+        await eventually(replaced, timeout=60)
+    status, model = await eventually(lambda: _ok(http, f"{gw.url}/api/kernels/{kernel_id}"))
+    assert "supervisor (pid %d) sent no watchdog ping" % supervisor in gw.log()
+    _, stdout = await sock.execute("print(x)")  # the same kernel process, adopted
+    assert stdout == "42\n"
+    await sock.close()
+    assert await gw.stop() == 0
+
+
+async def test_websockets_counted_in_again_on_a_new_supervisor_report_what_failed(start_gateway, http):
+    supervisor = await start_gateway(command=("supervisor",), wait_for="Kernel started")
+    web = await start_gateway("--runtime-dir", str(supervisor.runtime_dir), command=("web",))
+    status, [model] = await json_of(http, "GET", f"{web.url}/api/kernels")
+    sock = await KernelSocket.open(http, web, model["id"])
+    supervisor.process.kill()
+    supervisor.process.wait()
+    # The kernel dies while nobody watches: the next supervisor forgets it, and the worker hears so when
+    # it announces its websocket on it again.
+    for pid in kernel_pids(supervisor.runtime_dir):
+        os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: _no_kernels(supervisor))
+    supervisor.process = None
+    supervisor.log_file.close()
+    await supervisor.start(wait_for="Kernel started")
+    status, kernels = await eventually(lambda: _ok(http, f"{web.url}/api/kernels"))
+    assert model["id"] not in [k["id"] for k in kernels]
+    assert f"A websocket on kernel {model['id']} could not be counted in again" in web.log()
+    await sock.close()
+
+
+async def _no_kernels(gw) -> bool:
+    return not kernel_pids(gw.runtime_dir)
