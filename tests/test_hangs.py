@@ -75,7 +75,7 @@ async def _ok(http, url: str):
 
 
 async def test_a_stopped_worker_is_replaced_and_nothing_else_is(start_gateway, http):
-    gw = await start_gateway("--workers", "2", "--initial-kernels", "0", "--watchdog-timeout", "3")
+    gw = await start_gateway("--workers", "2", "--initial-kernels", "0", "--watchdog-timeout", "5")
     stuck, other = child_pids(gw, "web")
     [supervisor] = child_pids(gw, "supervisor")
 
@@ -85,7 +85,7 @@ async def test_a_stopped_worker_is_replaced_and_nothing_else_is(start_gateway, h
 
     with stopped(stuck):
         await eventually(replaced, timeout=60)
-    assert "sent no watchdog ping for 3 s" in gw.log()
+    assert "sent no watchdog ping for 5 s" in gw.log()
     # Every new connection is served again, whichever listening socket the kernel hands it to.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
         for _ in range(20):
@@ -97,7 +97,7 @@ async def test_a_stopped_worker_is_replaced_and_nothing_else_is(start_gateway, h
 
 
 async def test_a_stopped_supervisor_is_replaced_and_its_successor_adopts_the_kernels(start_gateway, http):
-    gw = await start_gateway("--initial-kernels", "0", "--watchdog-timeout", "3")
+    gw = await start_gateway("--initial-kernels", "0", "--watchdog-timeout", "5")
     kernel_id = await start_kernel(http, gw)
     sock = await KernelSocket.open(http, gw, kernel_id)
     await sock.execute("x = 42")
@@ -139,3 +139,22 @@ async def test_websockets_counted_in_again_on_a_new_supervisor_report_what_faile
 
 async def _no_kernels(gw) -> bool:
     return not kernel_pids(gw.runtime_dir)
+
+
+async def test_restarts_that_keep_failing_never_end_the_gateway(start_gateway, http):
+    gw = await start_gateway("--initial-kernels", "0")
+    [supervisor] = child_pids(gw, "supervisor")
+    with stopped(gw.process.pid):  # the arbiter restarts nothing until another supervisor holds the directory
+        os.kill(supervisor, signal.SIGKILL)
+        squatter = await start_gateway("--runtime-dir", str(gw.runtime_dir), "--initial-kernels", "0",
+                                       command=("supervisor",), wait_for="Supervisor listening")
+
+    async def failed_restarts():
+        return gw.log().count("Restarting supervisor failed") >= 5  # where it used to give up
+
+    await eventually(failed_restarts, timeout=100)
+    assert gw.process.poll() is None
+    status, _ = await json_of(http, "GET", f"{gw.url}/api", timeout=PATIENCE)  # the workers serve on
+    assert status == 200
+    assert await squatter.stop() == 0
+    assert await gw.stop() == 0
