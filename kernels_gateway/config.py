@@ -51,6 +51,14 @@ class Config:
     port: int = _opt(8000, "port the gateway listens on", (WEB,), kg="KG_PORT")
     base_path: str = _opt("/", "path prefix of every route, such as /krn", (WEB,), kg="KG_BASE_URL")
     workers: int = _opt(1, "number of web worker processes (one-command mode)", ())
+    watchdog_timeout: float = _opt(
+        30.0, "seconds a worker or the supervisor may go without a watchdog ping before it is aborted and "
+        "restarted (one-command mode; 0: no watchdog)", (),
+    )
+    orphan_timeout: float = _opt(
+        60.0, "seconds the supervisor keeps its kernels after its kernels-gateway process dies, for the next "
+        "kernels-gateway on the same runtime directory to take over; then it shuts them down", (SUPERVISOR,),
+    )
     runtime_dir: Path = _opt(
         Path(jupyter_runtime_dir()) / "kernels-gateway",
         "folder for the supervisor's socket and the kernels' connection files and IPC sockets",
@@ -100,10 +108,10 @@ class Config:
                         kg="KG_MAX_AGE")
     transport: str = _opt("ipc", "ZMQ transport between kernels and the gateway: ipc or tcp (loopback)",
                           (SUPERVISOR,), choices=("ipc", "tcp"))
-    kernel_start_timeout: float = _opt(60.0, "seconds a kernel has to answer its first request", (SUPERVISOR,))
+    # Both halves: the web half waits that long for the supervisor's answer to a start or a shutdown.
+    kernel_start_timeout: float = _opt(60.0, "seconds a kernel has to answer its first request")
     shutdown_wait: float = _opt(
         5.0, "seconds a kernel has to exit after a shutdown request before it is terminated, then killed",
-        (SUPERVISOR,),
     )
     restart_limit: int = _opt(
         5, "restarts of a kernel that keeps dying within 10 s of starting before it is declared dead", (SUPERVISOR,)
@@ -138,6 +146,8 @@ class Config:
     log_format: str = _opt("text", "text, or json for one JSON object per line", choices=("text", "json"))
     # Set by the one-command arbiter for its workers: the inherited listening socket.
     fd: int = _opt(-1, "", (WEB,), flag=False)
+    # Set by the one-command arbiter for its supervisor: the process whose death orphans it.
+    arbiter_pid: int = _opt(0, "", (SUPERVISOR,), flag=False)
 
     @property
     def socket_path(self) -> Path:

@@ -45,7 +45,8 @@ def routes(base: str) -> list[web.RouteDef]:
 
 async def supervisor_client(app: web.Application) -> AsyncIterator[None]:
     """The connection to the supervisor, and the task that follows its kernel state events."""
-    app[SUPERVISOR] = SupervisorClient(app[CONFIG].socket_path)
+    config = app[CONFIG]
+    app[SUPERVISOR] = SupervisorClient(config.socket_path, config.kernel_start_timeout, config.shutdown_wait)
     events = asyncio.create_task(app[SUPERVISOR].follow(lambda event: relay_event(app, event)))
     yield
     events.cancel()

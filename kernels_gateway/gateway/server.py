@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import socket
@@ -26,6 +27,10 @@ def serving_url(config: Config) -> str:
     host = f"[{config.ip}]" if ":" in config.ip else config.ip
     scheme = "https" if config.certfile else "http"
     return f"{scheme}://{host}:{config.port}{config.base}/api/kernels"
+
+
+def address_in_use(config: Config) -> RuntimeError:
+    return RuntimeError(f"Cannot listen on {config.ip}:{config.port}: address already in use")
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -62,7 +67,12 @@ async def serve(config: Config) -> None:
     async with Notifier() as notifier:
         try:
             for site in sites:
-                await site.start()
+                try:
+                    await site.start()
+                except OSError as e:
+                    if e.errno == errno.EADDRINUSE:
+                        raise address_in_use(config) from None
+                    raise
                 if config.fd < 0:  # the arbiter logs the address of the socket it shares
                     log.info("Serving at %s%s/api/kernels", site.name, config.base)
             notifier.ready()

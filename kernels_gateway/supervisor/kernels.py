@@ -549,5 +549,18 @@ class Kernels:
             self.pool.close(), *(self.shutdown(k) for k in list(self._kernels)), return_exceptions=True
         )
 
+    async def release(self) -> None:
+        """Stop watching every kernel and leave it running, with its record and files, for the next
+        supervisor to adopt (a hand-over). Warm kernels are not handed over."""
+        await self.pool.close()
+        for kernel in self._kernels.values():
+            await self._stop_keeping(kernel)
+            if kernel.watcher:
+                kernel.watcher.cancel()
+                await asyncio.gather(kernel.watcher, return_exceptions=True)
+            # jupyter_client removes the connection file it wrote when the manager goes; the kernel needs it.
+            kernel.manager._connection_file_written = False
+        self._kernels.clear()
+
     def close(self) -> None:
         self._zmq.destroy(linger=0)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics, wire
-from .errors import BadRequest, GatewayError
+from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
 from .kernels import Kernels, valid_kernel_id
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -70,7 +70,10 @@ class SupervisorServer:
             "subscribe": self.subscribe,
             "metrics": self.metrics,
             "relayed": self.relayed,
+            "hand_over": self.hand_over,
         }
+        self.orphaned = False  # our gateway is gone: we wait for the next one to take the kernels over
+        self.taken_over = asyncio.Event()
         kernels.listeners.add(self._broadcast)
         metrics.watch(kernels)
 
@@ -137,6 +140,22 @@ class SupervisorServer:
     async def relayed(self, args: dict, client: Client) -> None:
         metrics.add_relayed(args.get("counts"), args.get("opened", 0))
 
+    async def hand_over(self, args: dict, client: Client) -> dict:
+        """The next supervisor on this runtime directory asks for our kernels: only an orphan agrees."""
+        if not self.orphaned:
+            raise KernelBusy("this supervisor serves a running gateway")
+        self.taken_over.set()
+        return {"pid": os.getpid()}
+
+    def orphan(self) -> None:
+        """Our gateway is gone: answer nothing but ping and hand_over from now on."""
+        self.orphaned = True
+        for name in self.ops.keys() - {"ping", "hand_over"}:
+            self.ops[name] = self._orphaned
+
+    async def _orphaned(self, args: dict, client: Client) -> None:
+        raise SupervisorUnavailable("this supervisor's gateway is gone; its kernels wait for the next one")
+
     # -- serving -------------------------------------------------------------------------------
 
     async def start_serving(self) -> None:
@@ -166,8 +185,8 @@ class SupervisorServer:
             await asyncio.gather(*stuck, return_exceptions=True)
         if self._server:
             await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+            with contextlib.suppress(FileNotFoundError):  # ours: only what we bound is removed
+                os.unlink(self.socket_path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handler = asyncio.current_task()
