@@ -114,6 +114,10 @@ class Config:
     cull_interval: float = _opt(300.0, "seconds between two checks for idle kernels", (SUPERVISOR,))
     cull_connected: bool = _opt(False, "cull idle kernels even when a websocket is connected", (SUPERVISOR,))
     cull_busy: bool = _opt(False, "cull kernels that are busy (idle means: no iopub message)", (SUPERVISOR,))
+    seed_uri: str = _opt(
+        "", "notebook (a path or an http(s) URL) whose code cells run in every new kernel of its language "
+        "before the kernel is handed out", (SUPERVISOR,), kg="KG_SEED_URI",
+    )
     pool: tuple[str, ...] = _opt(
         (), "warm kernels kept ready, as NAME=N (repeatable, or comma-separated); none for no pool "
         "(default: one of the default kernelspec)", (SUPERVISOR,), parse=_csv, repeat=True,
