@@ -78,6 +78,7 @@ class Config:
     )
     list_kernels: bool = _opt(True, "answer GET /api/kernels (false: 403, Kernel Gateway's default)", (WEB,),
                               kg="KG_LIST_KERNELS")
+    sessions: bool = _opt(False, "serve Jupyter Server's sessions API, /api/sessions (Thebe needs it)", (WEB,))
     auth_token: str = _opt(
         "", "token every request must carry, as `Authorization: token T` or ?token=T (prefer the variable: "
         "a flag shows in ps)", (WEB,), kg="KG_AUTH_TOKEN", secret=True,

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..supervisor.client import SupervisorClient
-from . import handlers
+from . import handlers, sessions
 from .auth import setup_cors, token_required
 from .channels import channels, close_all, relay_event
 from .errors import json_errors
@@ -21,13 +21,17 @@ from .metrics import metrics, relay_counts
 
 KERNEL = "/api/kernels/{kernel_id}"
 MAX_ZMQ_SOCKETS = 65536
+# Methods a page may send to a path nothing serves; OPTIONS is left to CORS, which answers preflights.
+UNKNOWN_ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")  # GET brings HEAD
 
 
-def routes(base: str) -> list[web.RouteDef]:
+def routes(base: str, with_sessions: bool = False) -> list[web.RouteDef]:
+    """Every route; the last one answers whatever the others do not (404 or 405, with CORS)."""
     return [
         web.get(f"{base}/client.js", handlers.client_js),
         web.get(f"{base}/api", handlers.api_info),
         web.get(f"{base}/api/health", handlers.health),
+        web.get(f"{base}/api/status", handlers.api_status),
         web.get(f"{base}/api/spec.yaml", handlers.api_spec),
         web.get(f"{base}/api/kernelspecs", handlers.list_kernelspecs),
         web.get(f"{base}/api/kernelspecs/{{name}}", handlers.get_kernelspec),
@@ -40,6 +44,8 @@ def routes(base: str) -> list[web.RouteDef]:
         web.post(f"{base}{KERNEL}/restart", handlers.restart_kernel),
         web.get(f"{base}{KERNEL}/channels", channels, allow_head=False),
         web.get(f"{base}/metrics", metrics),
+        *(sessions.routes(base) if with_sessions else []),
+        *(web.route(method, "/{path:.*}", handlers.unknown_route) for method in UNKNOWN_ROUTE_METHODS),
     ]
 
 
@@ -66,10 +72,10 @@ def make_app(config: Config) -> web.Application:
     middlewares = [json_errors, body_limit] + ([token_required(config.auth_token)] if config.auth_token else [])
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_size)
     app[CONFIG] = config
-    app[API_SPEC] = handlers.api_description(config.base)
+    app[API_SPEC] = handlers.api_description(config.base, config.sessions)
     app[FEEDS] = {}
     app.cleanup_ctx.extend([supervisor_client, zmq_context, relay_counts])
     app.on_shutdown.append(close_all)
-    app.router.add_routes(routes(config.base))
+    app.router.add_routes(routes(config.base, config.sessions))
     setup_cors(app, config)
     return app
