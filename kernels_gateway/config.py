@@ -78,6 +78,11 @@ class Config:
     )
     list_kernels: bool = _opt(True, "answer GET /api/kernels (false: 403, Kernel Gateway's default)", (WEB,),
                               kg="KG_LIST_KERNELS")
+    trust_xheaders: bool = _opt(
+        False, "believe a reverse proxy's Forwarded and X-Forwarded-For, -Proto and -Host headers (the "
+        "client's address, the public scheme and host); only for a gateway that only the proxy can reach",
+        (WEB,), kg="KG_TRUST_XHEADERS",
+    )
     sessions: bool = _opt(False, "serve Jupyter Server's sessions API, /api/sessions (Thebe needs it)", (WEB,))
     auth_token: str = _opt(
         "", "token every request must carry, as `Authorization: token T` or ?token=T (prefer the variable: "

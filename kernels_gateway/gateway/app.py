@@ -15,6 +15,7 @@ from . import handlers, sessions
 from .auth import setup_cors, token_required
 from .channels import channels, close_all, relay_event
 from .errors import json_errors
+from .forwarded import believe_the_proxy
 from .keys import API_SPEC, CONFIG, FEEDS, SUPERVISOR, ZMQ_CONTEXT
 from .limits import body_limit
 from .metrics import metrics, relay_counts
@@ -69,7 +70,10 @@ async def zmq_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(config: Config) -> web.Application:
-    middlewares = [json_errors, body_limit] + ([token_required(config.auth_token)] if config.auth_token else [])
+    # What a trusted proxy forwarded comes before every check (json_errors only shapes their errors),
+    # so that each sees the client's address and the public scheme and host.
+    middlewares = [json_errors, *([believe_the_proxy] if config.trust_xheaders else []), body_limit]
+    middlewares += [token_required(config.auth_token)] if config.auth_token else []
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_size)
     app[CONFIG] = config
     app[API_SPEC] = handlers.api_description(config.base, config.sessions)
