@@ -26,8 +26,10 @@ MAX_ZMQ_SOCKETS = 65536
 UNKNOWN_ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")  # GET brings HEAD
 
 
-def routes(base: str, with_sessions: bool = False) -> list[web.RouteDef]:
-    """Every route; the last one answers whatever the others do not (404 or 405, with CORS)."""
+def routes(base: str, with_sessions: bool = False, with_cors: bool = False) -> list[web.RouteDef]:
+    """Every route; the last one answers whatever the others do not (404 or 405, with CORS). OPTIONS
+    is CORS's where there is CORS, which answers it on every route."""
+    unknown = UNKNOWN_ROUTE_METHODS + (() if with_cors else ("OPTIONS",))
     return [
         web.get(f"{base}/client.js", handlers.client_js),
         web.get(f"{base}/api", handlers.api_info),
@@ -46,7 +48,7 @@ def routes(base: str, with_sessions: bool = False) -> list[web.RouteDef]:
         web.get(f"{base}{KERNEL}/channels", channels, allow_head=False),
         web.get(f"{base}/metrics", metrics),
         *(sessions.routes(base) if with_sessions else []),
-        *(web.route(method, "/{path:.*}", handlers.unknown_route) for method in UNKNOWN_ROUTE_METHODS),
+        *(web.route(method, "/{path:.*}", handlers.unknown_route) for method in unknown),
     ]
 
 
@@ -80,6 +82,6 @@ def make_app(config: Config) -> web.Application:
     app[FEEDS] = {}
     app.cleanup_ctx.extend([supervisor_client, zmq_context, relay_counts])
     app.on_shutdown.append(close_all)
-    app.router.add_routes(routes(config.base, config.sessions))
+    app.router.add_routes(routes(config.base, config.sessions, bool(config.allow_origin)))
     setup_cors(app, config)
     return app

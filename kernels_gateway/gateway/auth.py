@@ -108,7 +108,8 @@ class _AsLogged:
 
     def __init__(self, request: web.BaseRequest):
         self._request = request
-        self.path_qs = str(request.rel_url.update_query(token="redacted")) if "token" in request.query else request.path_qs
+        masked = "token" in request.query
+        self.path_qs = str(request.rel_url.update_query(token="redacted")) if masked else request.path_qs
         self.remote = client_address(request)
 
     def __getattr__(self, name: str):
