@@ -4,6 +4,7 @@ and CORS headers on every answer, errors and unknown routes included."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -15,9 +16,8 @@ ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 
 @pytest.fixture(scope="module")
 async def sessions_gateway():
-    """Two workers, so that a session made through one is found through the other; shared by this
-    module's tests, each of which leaves no session and no kernel behind."""
-    gw = Gateway("--initial-kernels", "0", "--pool", "none", "--sessions", "--workers", "2")
+    """Shared by this module's tests, each of which leaves no session and no kernel behind."""
+    gw = Gateway("--initial-kernels", "0", "--pool", "none", "--sessions")
     try:
         await gw.start()
         yield gw
@@ -64,16 +64,14 @@ async def test_a_session_names_a_kernel_by_path(sessions_gateway, http, connect)
     _, stdout = await sock.execute("kept = 6 * 7\nprint(kept)")
     assert stdout == "42\n"
 
-    # The same path again (through whichever worker) is the same session, as Jupyter Server answers.
-    for _ in range(4):
-        async with http.post(f"{gw.url}/api/sessions", json={**body, "name": "other"}) as r:
-            assert r.status == 201
-            assert (await r.json())["id"] == session["id"]
-    for _ in range(4):  # each worker in turn
-        async with http.get(f"{gw.url}/api/sessions") as r:
-            assert [s["id"] for s in await r.json()] == [session["id"]]
-        async with http.get(f"{gw.url}/api/sessions/{session['id']}") as r:
-            assert (await r.json())["kernel"]["id"] == kernel_id
+    # The same path again is the same session, as Jupyter Server answers.
+    async with http.post(f"{gw.url}/api/sessions", json={**body, "name": "other"}) as r:
+        assert r.status == 201
+        assert (await r.json())["id"] == session["id"]
+    async with http.get(f"{gw.url}/api/sessions") as r:
+        assert [s["id"] for s in await r.json()] == [session["id"]]
+    async with http.get(f"{gw.url}/api/sessions/{session['id']}") as r:
+        assert (await r.json())["kernel"]["id"] == kernel_id
 
     async with http.patch(f"{gw.url}/api/sessions/{session['id']}", json={"path": "books/renamed.ipynb"}) as r:
         assert r.status == 200
@@ -184,3 +182,23 @@ async def test_every_answer_carries_cors_headers(secured_gateway, http):
     async with http.options(f"{gw.url}/api/no-such-route", headers=preflight) as r:
         assert r.status == 200
         assert r.headers["Access-Control-Allow-Origin"] == gw.page_origin
+
+
+async def test_every_web_worker_sees_the_same_sessions(start_gateway, http):
+    """Two web halves on one supervisor: a session made through one is found, and deleted, through the
+    other; the same path through both at once makes one session."""
+    supervisor = await start_gateway("--initial-kernels", "0", command=("supervisor",), wait_for="Supervisor listening")
+    one, two = [await start_gateway("--runtime-dir", str(supervisor.runtime_dir), "--sessions", command=("web",))
+                for _ in range(2)]
+    body = {"path": "shared.ipynb", "type": "notebook"}
+    created = await asyncio.gather(*(http.post(f"{web.url}/api/sessions", json=body) for web in (one, two)))
+    ids = {(await r.json())["id"] for r in created}
+    assert [r.status for r in created] == [201, 201] and len(ids) == 1
+    (session_id,) = ids
+    async with http.get(f"{two.url}/api/sessions/{session_id}") as r:
+        assert r.status == 200
+    async with http.delete(f"{two.url}/api/sessions/{session_id}") as r:
+        assert r.status == 204
+    async with http.get(f"{one.url}/api/sessions") as r:
+        assert await r.json() == []
+    assert await kernels(one, http) == []
