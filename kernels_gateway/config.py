@@ -86,6 +86,12 @@ class Config:
     )
     list_kernels: bool = _opt(True, "answer GET /api/kernels (false: 403, Kernel Gateway's default)", (WEB,),
                               kg="KG_LIST_KERNELS")
+    trust_xheaders: bool = _opt(
+        False, "believe a reverse proxy's Forwarded and X-Forwarded-For, -Proto and -Host headers (the "
+        "client's address, the public scheme and host); only for a gateway that only the proxy can reach",
+        (WEB,), kg="KG_TRUST_XHEADERS",
+    )
+    sessions: bool = _opt(False, "serve Jupyter Server's sessions API, /api/sessions (Thebe needs it)", (WEB,))
     auth_token: str = _opt(
         "", "token every request must carry, as `Authorization: token T` or ?token=T (prefer the variable: "
         "a flag shows in ps)", (WEB,), kg="KG_AUTH_TOKEN", secret=True,
@@ -122,6 +128,10 @@ class Config:
     cull_interval: float = _opt(300.0, "seconds between two checks for idle kernels", (SUPERVISOR,))
     cull_connected: bool = _opt(False, "cull idle kernels even when a websocket is connected", (SUPERVISOR,))
     cull_busy: bool = _opt(False, "cull kernels that are busy (idle means: no iopub message)", (SUPERVISOR,))
+    seed_uri: str = _opt(
+        "", "notebook (a path or an http(s) URL) whose code cells run in every new kernel of its language "
+        "before the kernel is handed out", (SUPERVISOR,), kg="KG_SEED_URI",
+    )
     pool: tuple[str, ...] = _opt(
         (), "warm kernels kept ready, as NAME=N (repeatable, or comma-separated); none for no pool "
         "(default: one of the default kernelspec)", (SUPERVISOR,), parse=_csv, repeat=True,

@@ -16,6 +16,7 @@ import aiohttp_cors
 from aiohttp import hdrs, web, web_log
 
 from ..config import Config
+from .forwarded import client_address
 
 SCHEME = "token"
 
@@ -94,18 +95,22 @@ def setup_cors(app: web.Application, config: Config) -> None:
 
 
 class AccessLogger(web_log.AccessLogger):
-    """aiohttp's access log, with the value of a `?token=` query masked."""
+    """aiohttp's access log, with the value of a `?token=` query masked, and the client's address as a
+    trusted proxy forwarded it (--trust-xheaders)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        super().log(_TokenMasked(request) if "token" in request.query else request, response, time)
+        super().log(_AsLogged(request), response, time)
 
 
-class _TokenMasked:
-    """A finished request as the access log reads it, with `token=redacted` in its query."""
+class _AsLogged:
+    """A finished request as the access log reads it: `token=redacted` in its query, and the client's
+    address."""
 
     def __init__(self, request: web.BaseRequest):
         self._request = request
-        self.path_qs = str(request.rel_url.update_query(token="redacted"))
+        masked = "token" in request.query
+        self.path_qs = str(request.rel_url.update_query(token="redacted")) if masked else request.path_qs
+        self.remote = client_address(request)
 
     def __getattr__(self, name: str):
         return getattr(self._request, name)

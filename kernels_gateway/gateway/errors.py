@@ -15,6 +15,7 @@ from ..supervisor.errors import (
     KernelNotFound,
     KernelSpecNotFound,
     KernelStartFailed,
+    SessionNotFound,
     SupervisorUnavailable,
 )
 
@@ -25,6 +26,7 @@ STATUS: dict[type[GatewayError], int] = {
     KernelLimit: 403,
     KernelNotFound: 404,
     KernelSpecNotFound: 404,
+    SessionNotFound: 404,
     KernelBusy: 409,
     KernelStartFailed: 500,
     SupervisorUnavailable: 503,

@@ -53,6 +53,13 @@ class SupervisorClient:
     async def ping(self) -> dict:
         return await self.request("ping")
 
+    async def status(self) -> dict:
+        return await self.request("status")
+
+    async def session(self, op: str, **args: Any) -> Any:
+        """A sessions operation (create, list, get, update, delete): see supervisor/sessions.py."""
+        return await self.request(f"session_{op}", **args)
+
     async def kernelspecs(self) -> dict:
         return await self.request("kernelspecs")
 

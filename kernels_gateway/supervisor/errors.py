@@ -19,6 +19,13 @@ class KernelNotFound(GatewayError):
         super().__init__(f"Kernel does not exist: {kernel_id}")
 
 
+class SessionNotFound(GatewayError):
+    code = "session_not_found"
+
+    def __init__(self, session_id: str):
+        super().__init__(f"Session not found: {session_id}")
+
+
 class KernelSpecNotFound(GatewayError):
     code = "kernelspec_not_found"
 
@@ -53,6 +60,7 @@ BY_CODE: dict[str, type[GatewayError]] = {
     for cls in (
         GatewayError,
         KernelNotFound,
+        SessionNotFound,
         KernelSpecNotFound,
         KernelLimit,
         KernelBusy,

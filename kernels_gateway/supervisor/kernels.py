@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +35,7 @@ from .errors import BadRequest, KernelLimit, KernelNotFound, KernelSpecNotFound,
 from .pool import WarmPool
 from .process import AdoptedProcess, exited, start_time
 from .records import Records
+from .seed import Seed
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -76,6 +78,7 @@ class KernelSettings:
     cull_connected: bool = False
     cull_busy: bool = False
     pool: tuple[tuple[str, int], ...] = ()  # warm kernels per kernelspec
+    seed: Seed | None = None  # code cells run in every new kernel of their language
 
 
 @dataclass(eq=False)
@@ -193,7 +196,7 @@ class Kernels:
             # independent: no JPY_PARENT_PID, so the kernel does not exit with the supervisor.
             await kernel.manager.start_kernel(env=self._kernel_env(requested), independent=True)
             kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel_id}")
-            await self._wait_ready(kernel)
+            await self._ready(kernel)
             await self._save_record(kernel, pooled)
         except BaseException as e:  # cancelled included: a half-started kernel must not be left running
             await self._discard(kernel)
@@ -259,6 +262,19 @@ class Kernels:
         env.pop("JPY_PARENT_PID", None)
         env.update(requested)
         return env
+
+    async def _ready(self, kernel: Kernel) -> None:
+        """Answering, and seeded if a seed fits its language: on every start and every restart, so that
+        a restarted kernel is what a new one would be. A kernel whose seed fails is killed, never handed out."""
+        await self._wait_ready(kernel)
+        seed = self.settings.seed
+        if seed and seed.fits(kernel.manager.kernel_spec.language):
+            try:
+                await seed.run(kernel.manager.session, kernel.connection_info(), self._zmq, self.settings.start_timeout)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await kernel.manager.signal_kernel(signal.SIGKILL)
+                raise
 
     async def _wait_ready(self, kernel: Kernel) -> None:
         """Ask for kernel_info until a reply comes back on shell and our iopub socket has heard from
@@ -334,7 +350,7 @@ class Kernels:
                 await self._swap_in(kernel, spare)
             else:
                 await kernel.manager.restart_kernel(now=True)
-                await self._wait_ready(kernel)
+                await self._ready(kernel)
         except Exception as e:
             log.error("Kernel %s failed to restart: %s", kernel.id, e)
             return True  # its process is gone: the keeper comes straight back here
@@ -390,7 +406,7 @@ class Kernels:
             self._emit(kernel, hold=True)
             try:
                 await kernel.manager.restart_kernel(now=False)
-                await self._wait_ready(kernel)
+                await self._ready(kernel)
             except Exception as e:
                 kernel.iopub.execution_state = "dead"
                 kernel.reason = f"restart failed: {e}"

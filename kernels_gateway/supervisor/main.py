@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 
-from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
 
 from ..config import Config, pool_sizes
 from ..systemd import Notifier
@@ -23,6 +23,7 @@ from .errors import GatewayError
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
 from .lock import RuntimeLock
 from .process import exited
+from .seed import Seed, load_seed
 from .server import SupervisorServer
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -36,7 +37,7 @@ SECRET_ENV_PREFIXES = ("KERNELS_GATEWAY_", "KG_")
 HAND_OVER_TIMEOUT = 30.0
 
 
-def kernel_settings(config: Config) -> KernelSettings:
+def kernel_settings(config: Config, seed: Seed | None = None) -> KernelSettings:
     return KernelSettings(
         runtime_dir=config.runtime_dir,
         default_kernel_name=config.default_kernel_name,
@@ -54,6 +55,7 @@ def kernel_settings(config: Config) -> KernelSettings:
         cull_interval=config.cull_interval,
         cull_connected=config.cull_connected,
         cull_busy=config.cull_busy,
+        seed=seed,
         pool=pool_sizes(config.pool, config.force_kernel_name or config.default_kernel_name or NATIVE_KERNEL_NAME),
     )
 
@@ -99,7 +101,10 @@ async def _take_over(config: Config, lock: RuntimeLock) -> None:
 
 
 async def _serve(config: Config) -> None:
-    kernels = Kernels(kernel_settings(config))
+    seed = await load_seed(config.seed_uri, KernelSpecManager()) if config.seed_uri else None
+    if seed:
+        log.info("Seeding %s kernels with %d cell(s) of %s", seed.language, len(seed.cells), seed.uri)
+    kernels = Kernels(kernel_settings(config, seed))
     server = SupervisorServer(kernels, config.socket_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ from typing import Any
 from . import metrics, wire
 from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
 from .kernels import Kernels, valid_kernel_id
+from .sessions import Sessions
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
@@ -55,7 +56,10 @@ class SupervisorServer:
         self._server: asyncio.Server | None = None
         self._clients: set[Client] = set()
         self._handlers: set[asyncio.Task] = set()
+        self.started = time.time()
+        self.sessions = Sessions(kernels)
         self.ops: dict[str, Op] = {
+            "status": self.status,
             "ping": self.ping,
             "kernelspecs": self.kernelspecs,
             "start": self.start,
@@ -71,6 +75,7 @@ class SupervisorServer:
             "metrics": self.metrics,
             "relayed": self.relayed,
             "hand_over": self.hand_over,
+            **self.sessions.ops,
         }
         self.orphaned = False  # our gateway is gone: we wait for the next one to take the kernels over
         self.taken_over = asyncio.Event()
@@ -81,6 +86,13 @@ class SupervisorServer:
 
     async def ping(self, args: dict, client: Client) -> dict:
         return {"pid": os.getpid()}
+
+    async def status(self, args: dict, client: Client) -> dict:
+        """Jupyter Server's /api/status: since when, and how busy."""
+        kernels = self.kernels.list()
+        last = max((kernel.iopub.last_activity for kernel in kernels), default=self.started)
+        return {"started": self.started, "last_activity": last, "kernels": len(kernels),
+                "connections": sum(kernel.connections for kernel in kernels)}
 
     async def kernelspecs(self, args: dict, client: Client) -> dict:
         return self.kernels.kernelspecs()
