@@ -18,6 +18,8 @@ from aiohttp import hdrs, web, web_log
 from ..config import Config
 
 SCHEME = "token"
+# Jupyter Server accepts both (case-insensitive); Datalayer's jupyter-kernel-client sends Bearer.
+SCHEMES = frozenset({"token", "bearer"})
 
 
 def public(handler):
@@ -32,11 +34,12 @@ def _digest(token: str) -> bytes:
 
 
 def offered_token(request: web.Request) -> str | None:
-    """The token in `?token=` (all a browser's websocket can send) or in `Authorization: token T`."""
+    """The token in `?token=` (all a browser's websocket can send) or in `Authorization: token T`
+    (or `Bearer T`)."""
     if "token" in request.query:
         return request.query["token"]
     scheme, _, value = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    if scheme.lower() == SCHEME and value.strip():
+    if scheme.lower() in SCHEMES and value.strip():
         return value.strip()
     return None
 
