@@ -30,8 +30,9 @@ get_comm_manager().register_target("report", _report_target)
 
 
 @contextlib.asynccontextmanager
-async def running_jupyter_server(gateway_url: str, gateway_token: str | None, http, tmp_path):
-    """`jupyter server --gateway-url`, on a free port, in its own config and runtime dirs: its URL."""
+async def running_jupyter_server(gateway_url: str, gateway_token: str | None, http, tmp_path, app: str = "jupyter_server"):
+    """`jupyter server --gateway-url` (or `jupyter lab`, app="jupyterlab"), on a free port, in its own
+    config and runtime dirs, serving tmp_path: its URL."""
     port = free_port()
     tmp_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
@@ -39,7 +40,7 @@ async def running_jupyter_server(gateway_url: str, gateway_token: str | None, ht
     token = [f"--GatewayClient.auth_token={gateway_token}"] if gateway_token else []
     log = open(tmp_path / "jupyter-server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--no-browser", "--allow-root",
+        [sys.executable, "-m", app, f"--port={port}", "--ip=127.0.0.1", "--no-browser", "--allow-root",
          f"--ServerApp.root_dir={tmp_path}", f"--IdentityProvider.token={SERVER_TOKEN}",
          f"--gateway-url={gateway_url}", *token],
         env=env, stdout=log, stderr=subprocess.STDOUT,
