@@ -42,9 +42,10 @@ async def kernel_pid(sock: KernelSocket) -> int:
     return int(stdout)
 
 
-@pytest.mark.parametrize("pool", ["none", "python3=1"], ids=["in place", "warm spare"])
-async def test_clients_track_idle_after_an_automatic_restart(start_gateway, http, pool):
-    gw = await start_gateway("--initial-kernels", "0", "--pool", pool)
+@pytest.mark.parametrize("pool, workers", [("none", "1"), ("python3=1", "1"), ("none", "2")],
+                         ids=["in place", "warm spare", "two workers"])
+async def test_clients_track_idle_after_an_automatic_restart(start_gateway, http, pool, workers):
+    gw = await start_gateway("--initial-kernels", "0", "--pool", pool, "--workers", workers)
     kernel_id = await start_kernel(http, gw)
     staying = await KernelSocket.open(http, gw, kernel_id)
     leaving = await KernelSocket.open(http, gw, kernel_id, v1=True)
