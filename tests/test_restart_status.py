@@ -76,3 +76,22 @@ async def test_clients_track_idle_after_an_automatic_restart(start_gateway, http
     assert f"Kernel {kernel_id} died; restarting it" in gw.log()
     for sock in (staying, returned):
         await sock.close()
+
+
+async def test_a_kernel_killed_while_flooding_output_comes_back_idle(start_gateway, http):
+    gw = await start_gateway("--initial-kernels", "0")
+    kernel_id = await start_kernel(http, gw)
+    sock = await KernelSocket.open(http, gw, kernel_id, max_msg_size=0)
+    pid = await kernel_pid(sock)
+    flood = "import sys\nwhile True: sys.stdout.write('x' * 65536); sys.stdout.flush()"
+    await sock.send(sock.message("execute_request", {"code": flood, "silent": False}))
+    async with asyncio.timeout(30):
+        while (await sock.receive())["header"]["msg_type"] != "stream":
+            pass
+    os.kill(pid, signal.SIGKILL)
+
+    states = await tracked_states_until_idle(sock, first="restarting")
+    assert states[0] == "restarting" and states[-1] == "idle", states
+    _, stdout = await sock.execute("print('back')")
+    assert stdout == "back\n"
+    await sock.close()
