@@ -3,7 +3,8 @@
 iopub is a broadcast, so a socket per websocket would only multiply memory (a ZMQ socket costs tens of
 KiB) and the kernel's fan-out. The feed reads the kernel's iopub as fast as it arrives and hands each
 message to every subscribed websocket's outbox; it also carries the kernel events the supervisor
-pushes (restarting, dead, restarted) to those websockets, and follows a restarted kernel.
+pushes (restarting, dead, restarted) to those websockets, and follows a restarted kernel, which it then
+has say that it is idle in a way every client believes.
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ class IOPubFeed:
         they ignore the busy/idle around kernel_info and debug requests (Jupyter Server's untracked
         message types), which is all they see next, so JupyterLab would show "Starting" until the next
         cell; Jupyter Server leaves its clients there too. An is_complete_request is tracked and costs
-        the kernel nothing. It goes after the frames held for the new process, on a throwaway socket so
-        that its reply reaches no client; the linger lets ZMQ send it after the socket is closed.
+        the kernel nothing. It is sent once the frames held for the new process are on their way, on a
+        throwaway socket so that its reply reaches no client; the linger lets ZMQ send it after the
+        socket is closed.
         """
         probe = self._context.socket(zmq.DEALER)
         probe.linger = int(TRACKED_STATUS_LINGER * 1000)
