@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import nbformat
 
 from ..conftest import HERE
 
 CELLS = [
+    "from ipykernel.connect import get_connection_file\nprint(get_connection_file())",
     "print(6 * 7)",
     "6 * 7",
     "1 / 0",
@@ -45,7 +47,11 @@ async def test_nbclient_runs_a_notebook_through_gateway_kernel_manager(gateway, 
 
     notebook = await run_notebook(gateway.url, path)
 
-    printed, result, error, interrupted, alive = (cell.outputs for cell in notebook.cells)
+    where, printed, result, error, interrupted, alive = (cell.outputs for cell in notebook.cells)
+    # The kernel is this gateway's: its connection file is in the gateway's runtime dir, named by its id.
+    connection_file = Path(where[0].text.strip())
+    assert connection_file.parent == gateway.runtime_dir
+    kernel_id = connection_file.stem.removeprefix("kernel-")
     assert [(o.output_type, o.text) for o in printed] == [("stream", "42\n")]
     assert [(o.output_type, o.data["text/plain"]) for o in result] == [("execute_result", "42")]
     assert [(o.output_type, o.ename) for o in error] == [("error", "ZeroDivisionError")]
@@ -53,7 +59,9 @@ async def test_nbclient_runs_a_notebook_through_gateway_kernel_manager(gateway, 
     assert [(o.output_type, o.text) for o in alive] == [("stream", "alive after the interrupt\n")]
     assert notebook.metadata.language_info.name == "python"  # from the kernel_info_reply
 
-    # The kernel was this gateway's: interrupted through its REST API, and shut down when nbclient was done.
+    # Started, interrupted through the gateway's REST API, and shut down when nbclient was done.
     async with http.get(f"{gateway.url}/api/kernels") as r:
         assert {k["id"] for k in await r.json()} == before
-    assert "Kernel interrupted: " in gateway.log()
+    assert kernel_id not in before
+    for event in ("started", "interrupted", "shutdown"):
+        assert f"Kernel {event}: {kernel_id}" in gateway.log()
