@@ -57,7 +57,7 @@ async def test_every_route_wants_the_token(secured_gateway, secured_kernel, http
         elif offered == "wrong query":
             params["token"] = "not-the-token"
         elif offered == "wrong scheme":
-            headers["Authorization"] = f"Bearer {gw.token}"  # not a scheme this gateway speaks: no token
+            headers["Authorization"] = f"Basic {gw.token}"  # not a scheme this gateway speaks: no token
         elif offered == "right token, longer":
             params["token"] = gw.token + "x"
         async with http.request(method, f"{gw.url}{path}", params=params, headers=headers) as r:
@@ -84,6 +84,10 @@ async def test_the_token_opens_every_route(secured_gateway, secured_kernel, http
         assert (await r.read()).startswith(b"\x89PNG")
     async with http.get(f"{gw.url}/api/kernels", headers={"Authorization": f"TOKEN  {gw.token}"}) as r:
         assert kernel_id in [k["id"] for k in await r.json()]
+    async with http.get(f"{gw.url}/api/kernels", headers={"Authorization": f"bearer {gw.token}"}) as r:
+        assert r.status == 200  # Jupyter Server's other scheme, which some clients send
+    async with http.get(f"{gw.url}/api/kernels", headers={"Authorization": "Bearer wrong"}) as r:
+        assert r.status == 403
     async with http.post(f"{gw.url}/api/kernels/{kernel_id}/interrupt", headers=gw.auth) as r:
         assert r.status == 204
     sock = await KernelSocket.open(http, gw, kernel_id, params={"token": gw.token})

@@ -19,6 +19,8 @@ from ..config import Config
 from .forwarded import client_address
 
 SCHEME = "token"
+# Jupyter Server accepts both (case-insensitive); Datalayer's jupyter-kernel-client sends Bearer.
+SCHEMES = frozenset({"token", "bearer"})
 
 
 def public(handler):
@@ -33,11 +35,12 @@ def _digest(token: str) -> bytes:
 
 
 def offered_token(request: web.Request) -> str | None:
-    """The token in `?token=` (all a browser's websocket can send) or in `Authorization: token T`."""
+    """The token in `?token=` (all a browser's websocket can send) or in `Authorization: token T`
+    (or `Bearer T`)."""
     if "token" in request.query:
         return request.query["token"]
     scheme, _, value = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    if scheme.lower() == SCHEME and value.strip():
+    if scheme.lower() in SCHEMES and value.strip():
         return value.strip()
     return None
 

@@ -105,7 +105,10 @@ async def list_kernelspecs(request: web.Request) -> web.Response:
 
 
 async def _kernelspec(request: web.Request) -> dict[str, Any]:
-    name = request.match_info["name"]
+    # Kernelspec names are case-insensitive: jupyter_client lists and finds them in lower case. A `+`
+    # is a space, as Jupyter Server and Kernel Gateway decode it: Jupyter Server's gateway client
+    # sends "sample 2" as sample+2 (and `+` is no character of a valid kernelspec name).
+    name = request.match_info["name"].replace("+", " ").lower()
     found = await request.app[SUPERVISOR].kernelspecs()
     try:
         return found["kernelspecs"][name]

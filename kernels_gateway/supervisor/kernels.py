@@ -165,7 +165,8 @@ class Kernels:
         return list(self._kernels.values())
 
     async def start(self, name: str | None = None, env: Mapping[str, str] | None = None) -> Kernel:
-        name = self.settings.force_kernel_name or name or self.default_name
+        # Lower case, as jupyter_client names kernelspecs: "Python3" is python3, warm kernels included.
+        name = (self.settings.force_kernel_name or name or self.default_name).lower()
         try:
             self.specs.get_kernel_spec(name)
         except NoSuchKernel:
