@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
+import stat
 import sys
 import threading
 from datetime import datetime, timezone
@@ -69,6 +71,35 @@ def _point_at_devnull(stream) -> None:
         os.close(null)
 
 
+def _watch_pipes() -> None:
+    """Point stdout and stderr at /dev/null as soon as the reader of their pipe or socket goes away,
+    not only once this process next writes: a kernel started meanwhile would inherit the broken pipe
+    and die of its first line. poll() reports POLLERR and POLLHUP whatever it is asked for."""
+    fds = []
+    for fd in (1, 2):
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            continue
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            fds.append(fd)
+    if not fds:
+        return
+
+    def watch() -> None:
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, 0)
+        while fds:
+            for fd, _ in poller.poll():
+                poller.unregister(fd)
+                fds.remove(fd)
+                with open(os.devnull, "w") as null:
+                    os.dup2(null.fileno(), fd)
+
+    threading.Thread(target=watch, name="log-pipe-watch", daemon=True).start()
+
+
 def _open_standard_descriptors() -> None:
     """A process started with stdin, stdout or stderr closed would hand those numbers to the next file
     it opens (a socket, a kernel's connection file), and a stray write would land there: /dev/null
@@ -102,3 +133,4 @@ def configure(level: str, form: str) -> None:
     handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     _log_uncaught()
+    _watch_pipes()
