@@ -44,10 +44,11 @@ def error_response(status: int, message: str, headers: dict | None = None) -> we
 async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except OutOfFiles as e:
-        return _closing(error_response(503, e.message))
     except GatewayError as e:
-        return error_response(STATUS.get(type(e), 500), e.message)
+        response = error_response(STATUS.get(type(e), 500), e.message)
+        if isinstance(e, OutOfFiles):
+            response.force_close()  # a connection kept alive would hold the descriptor it lacks
+        return response
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -57,12 +58,9 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     except Exception as e:
         if is_out_of_files(e):  # a ZMQ socket that could not be created
             out_of_files.warning(*files_in_use(), f"{request.method} {request.path} refused")
-            return _closing(error_response(503, "The gateway is out of file descriptors; try again later"))
+            response = error_response(503, "The gateway is out of file descriptors; try again later")
+            response.force_close()
+            return response
         log.exception("Unhandled error in %s %s", request.method, request.path)
         return error_response(500, "Internal server error")
 
-
-def _closing(response: web.Response) -> web.Response:
-    """A connection kept alive holds a descriptor: short of them, each answer closes its connection."""
-    response.force_close()
-    return response
