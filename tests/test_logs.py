@@ -113,3 +113,34 @@ async def _open(http, gw, kernel_id: str):
         return await KernelSocket.open(http, gw, kernel_id)
     except (aiohttp.ClientError, OSError):
         return None
+
+
+async def test_json_logs_stay_json_through_bad_input_and_a_crash(start_gateway, http):
+    """No kernel (their own output is theirs): every line the gateway's processes write is JSON, the
+    refusals of bad input and the replacement of a killed worker included."""
+    gw = await start_gateway("--log-format", "json", "--initial-kernels", "0")
+    for raw in (b"EVIL\x01 / HTTP/1.1\r\n\r\n", b"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"x" * 10_000 + b"\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(raw)
+        await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+    async with http.post(f"{gw.url}/api/kernels", data="[" * 5000 + "]" * 5000) as r:
+        assert r.status == 400
+    async with http.get(f"{gw.url}/api", headers={"Host": "rebound.example"}) as r:
+        assert r.status == 403
+    [worker] = [pid for pid, cmdline in children(gw.process.pid).items() if " web " in cmdline]
+    os.kill(worker, signal.SIGKILL)
+    await eventually(lambda: _health(http, gw), timeout=60)
+    assert await gw.stop() == 0
+    lines = gw.log().splitlines()
+    assert len(lines) >= 5  # start-up, refusals, the restart, the stop
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+
+
+async def _health(http, gw) -> bool:
+    try:
+        async with http.get(f"{gw.url}/api/health") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
