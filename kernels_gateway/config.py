@@ -100,8 +100,8 @@ class Config:
         (), "comma-separated origins whose pages may use the gateway (CORS and the websocket's Origin check), "
         "or * for any", (WEB,), kg="KG_ALLOW_ORIGIN", parse=_csv,
     )
-    allow_credentials: bool = _opt(False, "CORS: let pages send cookies (Access-Control-Allow-Credentials)",
-                                   (WEB,), kg="KG_ALLOW_CREDENTIALS")
+    allow_credentials: bool = _opt(False, "CORS: let pages send cookies (Access-Control-Allow-Credentials); "
+                                   "not with --allow-origin '*'", (WEB,), kg="KG_ALLOW_CREDENTIALS")
     allow_headers: tuple[str, ...] = _opt(
         ("Authorization", "Content-Type"), "CORS: comma-separated request headers pages may send, or *",
         (WEB,), kg="KG_ALLOW_HEADERS", parse=_csv,
@@ -112,8 +112,16 @@ class Config:
                                            (WEB,), kg="KG_EXPOSE_HEADERS", parse=_csv)
     max_age: int = _opt(0, "CORS: seconds browsers may cache a preflight answer (0: not sent)", (WEB,),
                         kg="KG_MAX_AGE")
-    transport: str = _opt("ipc", "ZMQ transport between kernels and the gateway: ipc or tcp (loopback)",
-                          (SUPERVISOR,), choices=("ipc", "tcp"))
+    allow_host: tuple[str, ...] = _opt(
+        (), "comma-separated host names requests may be addressed to (the Host header), besides localhost and "
+        "loopback addresses, or * for any; checked only while listening on loopback alone (DNS rebinding)",
+        (WEB,), parse=_csv,
+    )
+    transport: str = _opt(
+        "ipc", "ZMQ transport between kernels and the gateway: ipc, or tcp on 127.0.0.1, where any local user "
+        "can subscribe to a kernel's iopub port and read its code and output (ZMQ PUB has no authentication)",
+        (SUPERVISOR,), choices=("ipc", "tcp"),
+    )
     # Both halves: the web half waits that long for the supervisor's answer to a start or a shutdown.
     kernel_start_timeout: float = _opt(60.0, "seconds a kernel has to answer its first request")
     shutdown_wait: float = _opt(
@@ -142,6 +150,14 @@ class Config:
     replay_age: float = _opt(120.0, "seconds that replayable iopub messages are kept", (SUPERVISOR,))
     max_body_size: int = _opt(1 << 20, "largest request body in bytes", (WEB,))
     max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
+    ws_ping_interval: float = _opt(
+        30.0, "seconds between pings on every websocket; one that does not answer in time is closed (0: no pings)",
+        (WEB,), kg="KG_WS_PING_INTERVAL_SECS",
+    )
+    idle_connection_timeout: float = _opt(
+        75.0, "seconds a connection may take to send a request's headers, or stay idle between two requests, "
+        "before it is closed", (WEB,),
+    )
     max_output_buffer: int = _opt(
         32 << 20, "kernel output in bytes waiting for one slow websocket before more is dropped (and the "
         "client told)", (WEB,)
@@ -229,7 +245,11 @@ def from_namespace(ns: argparse.Namespace, environ=os.environ) -> Config:
         choices = f.metadata.get("choices")
         if choices and values[f.name] not in choices:
             raise SystemExit(f"kernels-gateway: {name} must be one of {', '.join(choices)}")
-    return Config(**values)
+    config = Config(**values)
+    if config.allow_credentials and "*" in config.allow_origin:
+        raise SystemExit("kernels-gateway: --allow-credentials cannot go with --allow-origin '*': any page "
+                         "could then use the gateway with its visitors' credentials; list the origins instead")
+    return config
 
 
 def _flag(name: str) -> str:

@@ -12,7 +12,7 @@ from aiohttp import web
 from ..config import Config
 from ..supervisor.client import SupervisorClient
 from . import handlers, sessions
-from .auth import setup_cors, token_required
+from .auth import host_checked, local_only, setup_cors, token_required
 from .channels import channels, close_all, relay_event
 from .errors import json_errors
 from .forwarded import believe_the_proxy
@@ -72,11 +72,16 @@ async def zmq_context(app: web.Application) -> AsyncIterator[None]:
     app[ZMQ_CONTEXT].destroy(linger=0)
 
 
-def make_app(config: Config) -> web.Application:
+def make_app(config: Config, listening: list[str] = ()) -> web.Application:
+    """`listening`: the addresses the gateway listens on, which decide whether the Host is checked."""
     # What a trusted proxy forwarded comes before every check (json_errors only shapes their errors),
     # so that each sees the client's address and the public scheme and host.
-    middlewares = [json_errors, *([believe_the_proxy] if config.trust_xheaders else []), body_limit]
-    middlewares += [token_required(config.auth_token)] if config.auth_token else []
+    middlewares = [json_errors, *([believe_the_proxy] if config.trust_xheaders else [])]
+    if "*" not in config.allow_host and local_only(listening):
+        middlewares.append(host_checked(config.allow_host))
+    middlewares.append(body_limit)
+    if config.auth_token:
+        middlewares.append(token_required(config.auth_token))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_size)
     app[CONFIG] = config
     app[API_SPEC] = handlers.api_description(config.base, config.sessions)

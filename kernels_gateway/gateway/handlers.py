@@ -184,6 +184,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"Request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("Request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object")
     return body

@@ -55,6 +55,12 @@ class SupervisorUnavailable(GatewayError):
     code = "supervisor_unavailable"
 
 
+class OutOfFiles(GatewayError):
+    """The process is at (or near) its open-file limit: a new connection must wait until others close."""
+
+    code = "out_of_files"
+
+
 BY_CODE: dict[str, type[GatewayError]] = {
     cls.code: cls
     for cls in (
@@ -67,6 +73,7 @@ BY_CODE: dict[str, type[GatewayError]] = {
         KernelStartFailed,
         BadRequest,
         SupervisorUnavailable,
+        OutOfFiles,
     )
 }
 
