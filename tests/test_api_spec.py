@@ -99,7 +99,8 @@ async def fuzzed():
 async def schemathesis(tmp_path, *args: str) -> None:
     # One worker: hypothesis in threads trips a CPython 3.11 bug in ast (recursion depth mismatch).
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "schemathesis.cli", "run", "--workers", "1", "--request-timeout", "60", *args,
+        sys.executable, "-m", "schemathesis.cli", "run", "--workers", "1", "--request-timeout", "60",
+        "--max-response-time", "60", *args,
         cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await process.communicate()

@@ -74,11 +74,15 @@ async def zmq_context(app: web.Application) -> AsyncIterator[None]:
 
 def make_app(config: Config, listening: list[str] = ()) -> web.Application:
     """`listening`: the addresses the gateway listens on, which decide whether the Host is checked."""
-    # What a trusted proxy forwarded comes before every check (json_errors only shapes their errors),
-    # so that each sees the client's address and the public scheme and host.
-    middlewares = [json_errors, *([believe_the_proxy] if config.trust_xheaders else [])]
+    # The Host check reads the Host this gateway was sent, whoever sent it: a proxy passes the public name
+    # on (README's nginx configuration does). What a trusted proxy forwarded comes before every other
+    # check (json_errors only shapes their errors), so that each sees the client's address and the public
+    # scheme and host.
+    middlewares = [json_errors]
     if "*" not in config.allow_host and local_only(listening):
         middlewares.append(host_checked(config.allow_host))
+    if config.trust_xheaders:
+        middlewares.append(believe_the_proxy)
     middlewares.append(body_limit)
     if config.auth_token:
         middlewares.append(token_required(config.auth_token))
