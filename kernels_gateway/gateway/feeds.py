@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
-from ..supervisor.activity import DELIMITER, WELCOME, subscriber
+from ..supervisor.activity import DELIMITER, WELCOME, WELCOME_TYPE, message_type, receive, subscriber
 from ..supervisor.wire import kernel_url
 
 if TYPE_CHECKING:
@@ -29,7 +28,6 @@ log = logging.getLogger("kernels_gateway.channels")
 NUDGE_TIMEOUT = 10.0
 # A kernel that greets subscriptions does so within a millisecond or two; past this, it is asked.
 WELCOME_WAIT = 0.05
-WELCOME_TYPE = f'"{WELCOME}"'.encode()
 
 
 def message_body(parts: list[bytes]) -> list[bytes] | None:
@@ -43,7 +41,13 @@ def message_body(parts: list[bytes]) -> list[bytes] | None:
 
 def is_welcome(header: bytes) -> bool:
     """Whether a header is an iopub_welcome's; the substring test keeps JSON off the hot path."""
-    return WELCOME_TYPE in header and json.loads(header).get("msg_type") == WELCOME
+    return message_type(header, WELCOME_TYPE) == WELCOME
+
+
+def signed(session: Session, msg: dict[str, Any]) -> list[bytes]:
+    """A message dict (buffers included) as the frames to send: what Session.send would send, without
+    the blocking send it does on a shadow of an asyncio socket."""
+    return [*session.serialize(msg), *msg.get("buffers", ())]
 
 
 class IOPubFeed:
@@ -94,7 +98,9 @@ class IOPubFeed:
             async with asyncio.timeout(NUDGE_TIMEOUT):
                 while not self._heard.is_set():
                     for probe in probes:
-                        self.session.send(probe, "kernel_info_request")
+                        with contextlib.suppress(zmq.Again):  # a kernel that reads nothing: ask again later
+                            await probe.send_multipart(signed(self.session, self.session.msg("kernel_info_request")),
+                                                       zmq.NOBLOCK)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._heard.wait(), 0.2)
         except TimeoutError:
@@ -104,16 +110,18 @@ class IOPubFeed:
                 probe.close()
 
     async def _read(self) -> None:
-        while True:
-            body = message_body(await self._sub.recv_multipart())
-            self._heard.set()
-            if body is None:
-                log.warning("Kernel %s: malformed iopub message dropped", self.kernel_id)
-                continue
-            if is_welcome(body[0]):
-                continue  # a greeting for some gateway's subscription, meaningless to clients
-            for subscriber in list(self.subscribers):
-                subscriber.deliver("iopub", body)
+        await receive(self._sub, self._received)
+
+    def _received(self, parts: list[bytes]) -> None:
+        body = message_body(parts)
+        self._heard.set()
+        if body is None:
+            log.warning("Kernel %s: malformed iopub message dropped", self.kernel_id)
+            return
+        if is_welcome(body[0]):
+            return  # a greeting for some gateway's subscription, meaningless to clients
+        for subscriber in list(self.subscribers):
+            subscriber.deliver("iopub", body)
 
     async def _follow(self) -> None:
         """Kernel events, in order: states go to every websocket, and so does `hold` (a restart someone
