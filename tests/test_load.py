@@ -17,6 +17,11 @@ from .test_survival import json_of, start_kernel
 
 # Many small messages: each flush waits for the kernel's iopub thread to send what was written.
 FLOOD = "while True: print('x' * 100, flush=True)"
+# As many as the kernel can send: stream messages published straight from the cell, no flush to wait for.
+RAW_FLOOD = (
+    "k, parent = get_ipython().kernel, get_ipython().parent_header\n"
+    "while True: k.session.send(k.iopub_socket, 'stream', {'name': 'stdout', 'text': 'x' * 100}, parent=parent)"
+)
 ANSWER = 10.0  # what "answers while the flood runs" allows; without the fix, the answer never comes
 BATCH = 50  # messages a test reader takes before it lets the test's own probes run
 
@@ -77,7 +82,7 @@ async def test_floods_starve_neither_rest_nor_the_supervisor_nor_other_websocket
     other = await KernelSocket.open(http, gw, quiet)
     supervisor = SupervisorClient(gw.runtime_dir / "supervisor.sock")
     try:
-        cells = [await reader.start(FLOOD) for reader in readers]
+        cells = [await reader.start(RAW_FLOOD) for reader in readers]
         await eventually(lambda: _all_flowing(readers), timeout=30)
         for _ in range(3):
             for path in ("/api", "/api/kernels", f"/api/kernels/{flooding[0]}", "/api/health"):
@@ -107,25 +112,28 @@ async def _replied(reader: Reader, msg_id: str) -> bool:
     return msg_id in reader.replies
 
 
-async def test_a_slow_reader_is_told_in_band_before_the_cell_ends(start_gateway, http):
-    """A reader slower than the flood: while the kernel floods, the backlog cannot sit at the bound
-    forever, one message in for each one out, with the notice never sent; dropping lasts until half
-    the backlog is sent, and the notice takes the place of what was lost, before the cell's idle."""
+async def test_a_slow_reader_is_told_in_band_while_the_flood_goes_on(start_gateway, http):
+    """A reader slower than the flood: the backlog must not sit at the bound forever, one message in
+    for each one out, with the notice never sent. Dropping lasts until half the backlog is sent, and
+    the notice takes the place of what was lost."""
     gw = await start_gateway("--initial-kernels", "0", "--max-output-buffer", str(256 << 10))
     kernel_id = await start_kernel(http, gw)
     # 100 messages a second, a few times slower than the kernel sends lines of this size.
     reader = Reader(await KernelSocket.open(http, gw, kernel_id), pause=0.01)
     try:
         cell = await reader.start("while True: print('x' * 5000, flush=True)")
-        await asyncio.sleep(5)  # the flood runs
+        await eventually(lambda: _told(reader), timeout=45)  # while the flood goes on
+        assert "could not keep up" in reader.notices[0] and "--max-output-buffer" in reader.notices[0]
         async with http.post(f"{gw.url}/api/kernels/{kernel_id}/interrupt") as response:
             assert response.status == 204
         await eventually(lambda: _idle(reader, cell), timeout=90)
-        assert reader.notices, "the cell ended without a word about the output it lost"
-        assert "could not keep up" in reader.notices[0] and "--max-output-buffer" in reader.notices[0]
         assert "dropped for one websocket" in gw.log()
     finally:
         await reader.stop()
+
+
+async def _told(reader: Reader) -> bool:
+    return bool(reader.notices)
 
 
 async def _idle(reader: Reader, msg_id: str) -> bool:
