@@ -227,7 +227,8 @@ async def _under_flood(target, settings: Settings, results: Results) -> None:
     results.record(FLOOD, f"{prefix}: {settings.flood_output_mib} MiB printed beside them, delivered", target.name,
                    round(share, 1), "%")
     if not done:
-        results.note(FLOOD, f"{target.name}: the bounded output's idle did not arrive within {settings.request_timeout:g} s")
+        results.note(FLOOD, f"{target.name}: the bounded output's idle did not arrive within "
+                            f"{settings.request_timeout:g} s")
 
 
 async def _probe(target, kernel_id: str, seconds: float) -> tuple[list[float], int]:

@@ -44,8 +44,9 @@ class Reader:
             msg = await self.sock.receive(timeout=60)
             parent = msg["parent_header"].get("msg_id")
             kind = msg["header"]["msg_type"]
-            if kind == "stream" and msg["content"]["name"] == "stderr" and "[kernels-gateway]" in msg["content"]["text"]:
-                self.notices.append(msg["content"]["text"])
+            text = msg["content"].get("text", "")
+            if kind == "stream" and text.startswith("[kernels-gateway]"):
+                self.notices.append(text)
             elif kind == "stream":
                 self.stdout += len(msg["content"]["text"])
             elif msg["channel"] == "shell":

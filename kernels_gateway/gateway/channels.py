@@ -90,8 +90,10 @@ class KernelConnection:
     def deliver(self, channel: str, body: list[bytes]) -> None:
         """A kernel message for this websocket; it waits in the outbox, never for the websocket."""
         if channel == "shell" and self._unanswered:
-            self._unanswered.discard(json.loads(body[1]).get("msg_id"))
-            self._answered.set()
+            msg_id = _json_object(body[1]).get("msg_id")
+            if isinstance(msg_id, str):
+                self._unanswered.discard(msg_id)
+                self._answered.set()
         self.outbox.put(channel, body)
 
     def _forget_requests(self) -> None:
@@ -230,13 +232,14 @@ class KernelConnection:
     async def _await_slot(self, header: bytes) -> None:
         """Count a shell request in (comms on shell get no reply, so only *_request), once fewer than
         MAX_UNANSWERED wait for their replies."""
-        fields = json.loads(header)
-        if not str(fields.get("msg_type", "")).endswith("_request"):
-            return
+        fields = _json_object(header)
+        msg_id = fields.get("msg_id")
+        if not isinstance(msg_id, str) or not str(fields.get("msg_type")).endswith("_request"):
+            return  # a header the kernel cannot read either: it drops the message
         while len(self._unanswered) >= MAX_UNANSWERED:
             self._answered.clear()
             await self._answered.wait()
-        self._unanswered.add(fields.get("msg_id"))
+        self._unanswered.add(msg_id)
 
     def _drop(self, reason: str) -> None:
         self._dropped += 1
@@ -273,6 +276,15 @@ class KernelConnection:
             self._releasing.cancel()
         self._close_sockets()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _json_object(part: bytes) -> dict[str, Any]:
+    """A message part that should be a JSON object, or {} if it is no such thing."""
+    try:
+        value = json.loads(part)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 async def channels(request: web.Request) -> web.WebSocketResponse:
