@@ -67,6 +67,7 @@ class Reader:
     async def stop(self) -> None:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+        await self.sock.close()
 
 
 async def _answers(http, url: str) -> bool:
@@ -102,6 +103,7 @@ async def test_floods_starve_neither_rest_nor_the_supervisor_nor_other_websocket
     finally:
         for reader in readers:
             await reader.stop()
+        await other.close()
         await supervisor.close()
 
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from datetime import datetime, timezone
 from uuid import uuid4
 
-from ..supervisor.activity import BATCH_MESSAGES, STATUS_TYPE, message_type
+from ..supervisor.activity import BATCH_MESSAGES, BATCH_SECONDS, STATUS_TYPE, message_type
 
 log = logging.getLogger("kernels_gateway.channels")
 
@@ -46,6 +47,7 @@ class Outbox:
         self._dropped_parent = b"{}"
         self._reasons: dict[str, None] = {}  # in the order they happened
         self._unyielded = 0  # messages handed out since the event loop last ran something else
+        self._turn_ends = 0.0
 
     def put(self, channel: str, body: list[bytes]) -> None:
         size = sum(map(len, body))
@@ -78,15 +80,15 @@ class Outbox:
         backlog is handed out a batch per turn of the event loop, which a websocket that takes every
         frame at once would otherwise keep to itself."""
         self._unyielded += 1
-        if self._unyielded >= BATCH_MESSAGES:
-            self._unyielded = 0
+        if self._unyielded >= BATCH_MESSAGES or time.perf_counter() > self._turn_ends:
             await asyncio.sleep(0)
+            self._unyielded, self._turn_ends = 0, time.perf_counter() + BATCH_SECONDS
         while not self._queue:
-            self._unyielded = 0
             if self._dropped_count:
                 return "iopub", self._notice()
             self._waiting.clear()
             await self._waiting.wait()
+            self._unyielded, self._turn_ends = 0, time.perf_counter() + BATCH_SECONDS
         channel, body, size = self._queue.popleft()
         self._bytes -= size
         return channel, body

@@ -34,9 +34,11 @@ WELCOME_TYPE = f'"{WELCOME}"'.encode()
 STATUS_TYPE = b'"status"'
 # How much one socket may hand over before the event loop runs everything else that is ready: a
 # kernel printing in a loop would otherwise keep the loop to itself (an await on a socket with
-# messages queued returns without yielding).
-BATCH_MESSAGES = 64
+# messages queued returns without yielding). The time bound matters most when kernels keep the cores
+# busy: then every turn of the loop waits for the operating system, and a REST call takes a few turns.
+BATCH_MESSAGES = 16
 BATCH_BYTES = 1 << 20
+BATCH_SECONDS = 0.0005
 # What Python spends on a buffered message besides its bytes (the list, the tuple, each part's object
 # header): counted against the replay budget, which for small messages would otherwise hold half again
 # as much memory as it says.
@@ -73,10 +75,10 @@ async def receive(sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], None
     queued = zmq.Socket.shadow(sock.underlying)  # plain non-blocking reads: no future per message
     while True:
         parts = await sock.recv_multipart()
-        count, size = 1, sum(map(len, parts))
+        count, size, ends = 1, sum(map(len, parts)), time.perf_counter() + BATCH_SECONDS
         handle(parts)
         try:
-            while count < BATCH_MESSAGES and size < BATCH_BYTES:
+            while count < BATCH_MESSAGES and size < BATCH_BYTES and time.perf_counter() < ends:
                 parts = queued.recv_multipart(zmq.NOBLOCK)
                 count, size = count + 1, size + sum(map(len, parts))
                 handle(parts)
