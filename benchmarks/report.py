@@ -26,6 +26,11 @@ GOALS = [
     ("load", r"lost replies", "0"),
     ("recovery", r"p50 \(warm spare\)", "≤ 1,000 ms"),
     ("recovery", r"p50 \(in place\)", "≤ 3,000 ms"),
+    ("flood", r"GET .* p99", "≤ 50 ms"),
+    ("flood", r"interrupt answered p99", "≤ 1,000 ms"),
+    ("flood", r"KeyboardInterrupt seen p99", "≤ 1,000 ms"),
+    ("flood", r"failed$|unanswered$|processes left$", "0"),
+    ("flood", r"beside them, delivered$", "100 %"),
 ]
 
 # What the chart shows: (title, workload, the measures drawn).

@@ -23,6 +23,10 @@ class Settings:
     load_clients: int = 50
     load_kernels: int = 10
     load_seconds: float = 60.0
+    flood_kernels: int = 10  # kernels printing as fast as they can while REST and interrupts are timed
+    flood_seconds: float = 10.0
+    flood_output_mib: int = 5  # printed by one more kernel meanwhile, to a client that keeps up
+    stop_kernels: int = 20  # flooding when the server gets SIGTERM
     request_timeout: float = 60.0  # a reply that takes longer than this counts as lost
     settle_seconds: float = 2.0  # for a server to finish what opening many websockets set off
 
@@ -35,5 +39,6 @@ DEFAULT = Settings()
 QUICK = Settings(
     rounds=1, warmup=1, execute_samples=5, start_samples=1, output_mib=1, output_samples=1,
     rest_seconds=1.0, rest_warmup=False, rest_connections=4, idle_websockets=10, concurrent_starts=2,
-    load_clients=2, load_kernels=1, load_seconds=1.0, request_timeout=20.0, settle_seconds=0.2,
+    load_clients=2, load_kernels=1, load_seconds=1.0, flood_kernels=1, flood_seconds=1.0, flood_output_mib=1,
+    stop_kernels=1, request_timeout=20.0, settle_seconds=0.2,
 )

@@ -369,7 +369,9 @@ async def test_a_slow_client_is_told_what_it_lost(start_gateway, http, tmp_path)
                     notices.append(msg["content"]["text"])
                 else:
                     received += len(msg["content"]["text"])
-            if msg["header"]["msg_type"] == "execute_reply":
+            # The notice comes before the idle (a reply on shell may overtake iopub, as it may anywhere).
+            if (msg["header"]["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+                    and msg["parent_header"].get("msg_id") == request["header"]["msg_id"]):
                 break
     assert notices and "could not keep up" in notices[0]
     assert received < 400 * 65536

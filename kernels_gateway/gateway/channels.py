@@ -14,10 +14,11 @@ import zmq.asyncio
 from aiohttp import WSCloseCode, WSMsgType, web
 from jupyter_client.session import Session
 
+from ..supervisor.activity import BATCH_MESSAGES, DELIMITER, receive
 from ..supervisor.errors import OutOfFiles
 from ..supervisor.wire import kernel_url
 from .auth import origin_allowed
-from .feeds import IOPubFeed, message_body
+from .feeds import IOPubFeed, message_body, signed
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
 from .keys import CONFIG, FEEDS, SUPERVISOR, ZMQ_CONTEXT
 from .limits import check_open_files, files_in_use, is_out_of_files, out_of_files
@@ -27,6 +28,10 @@ from .outbox import Outbox
 log = logging.getLogger("kernels_gateway.channels")
 
 MAX_HELD = 1000
+# Shell requests of one websocket that may await their reply at once; past this, the websocket is read
+# no further until replies come. ipykernel passes shell requests between two of its threads over
+# bounded queues: with a few thousand requests queued, each thread blocks sending to the other, for good.
+MAX_UNANSWERED = 500
 # Each websocket logs this many dropped frames one by one, then only a total when it closes, so a
 # client sending garbage in a loop cannot flood the log.
 LOGGED_DROPS = 10
@@ -38,10 +43,10 @@ class KernelConnection:
     and the session that signs what the client sends."""
 
     def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any],
-                 ws: web.WebSocketResponse, outbox_limit: int, relayed: RelayCounts):
+                 ws: web.WebSocketResponse, outbox_limit: int, max_message: int, relayed: RelayCounts):
         self.kernel_id = kernel_id
         self.ws = ws
-        self.outbox = Outbox(outbox_limit)
+        self.outbox = Outbox(outbox_limit, max_message, kernel_id)
         self.relayed = relayed
         self._context = context
         self._use(info)
@@ -54,6 +59,9 @@ class KernelConnection:
         self._replayed: set[str] = set()  # msg_ids sent from the replay buffer, not to be sent twice
         # Client frames that arrive while the kernel restarts wait here for the new process.
         self._held: list[str | bytes] | None = None
+        self._releasing: asyncio.Task | None = None  # sends the held frames once the kernel is back
+        self._unanswered: set[str] = set()  # msg_ids of shell requests sent, their replies not yet here
+        self._answered = asyncio.Event()
         self._dropped = 0
 
     def _use(self, info: dict[str, Any]) -> None:
@@ -78,16 +86,28 @@ class KernelConnection:
         return self._sockets[channel]
 
     async def _read(self, channel: str, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            body = message_body(await sock.recv_multipart())
+        def received(parts: list[bytes]) -> None:
+            body = message_body(parts)
             if body is None:
                 log.warning("Kernel %s: malformed message on %s dropped", self.kernel_id, channel)
-                continue
-            self.deliver(channel, body)
+            else:
+                self.deliver(channel, body)
+
+        await receive(sock, received)
 
     def deliver(self, channel: str, body: list[bytes]) -> None:
         """A kernel message for this websocket; it waits in the outbox, never for the websocket."""
+        if channel == "shell" and self._unanswered:
+            msg_id = _json_object(body[1]).get("msg_id")
+            if isinstance(msg_id, str):
+                self._unanswered.discard(msg_id)
+                self._answered.set()
         self.outbox.put(channel, body)
+
+    def _forget_requests(self) -> None:
+        """A restarted or dead kernel will answer nothing that was sent before."""
+        self._unanswered.clear()
+        self._answered.set()
 
     def hold(self) -> None:
         """Keep the client's frames for the process that is about to replace the kernel's."""
@@ -97,6 +117,8 @@ class KernelConnection:
     def kernel_state(self, state: str) -> None:
         """A state the supervisor reported, relayed as an iopub status message as Jupyter Server does.
         While the kernel restarts, the client's frames are held for the new process."""
+        if state in ("restarting", "dead"):
+            self._forget_requests()
         if state == "restarting":
             self.hold()
         elif state == "dead" and self._held:
@@ -113,13 +135,19 @@ class KernelConnection:
         if info != self._info:
             self._close_sockets()
             self._use(info)
-        held, self._held = self._held or [], None
-        for i, data in enumerate(held):
-            try:
-                self._forward(data)
-            except OutOfFiles:
-                out_of_files.warning(*files_in_use(), f"{len(held) - i} frames held for kernel {self.kernel_id} dropped")
-                return
+        self._forget_requests()
+        if self._held is not None and self._releasing is None:
+            self._releasing = asyncio.create_task(self._release(), name="release-held")
+
+    async def _release(self) -> None:
+        """Send the held frames in order; frames that arrive meanwhile join the end of the line."""
+        try:
+            while self._held:
+                await self._forward(self._held.pop(0))
+        except OutOfFiles:
+            out_of_files.warning(*files_in_use(), f"{len(self._held) + 1} frames held for kernel {self.kernel_id} dropped")
+        finally:
+            self._held = self._releasing = None
 
     async def replay(self, missed: list[list[bytes]]) -> None:
         """Send what the client's session missed while away, before anything live."""
@@ -167,12 +195,18 @@ class KernelConnection:
             await self._send(channel, body)
 
     async def _from_client(self) -> None:
+        received = 0
         try:
             async for message in self.ws:
+                # A frame that is already buffered is returned without yielding: a client sending
+                # without pause must not keep the event loop to itself.
+                received += 1
+                if received % BATCH_MESSAGES == 0:
+                    await asyncio.sleep(0)
                 if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     continue
                 if self._held is None:
-                    self._forward(message.data)
+                    await self._forward(message.data)
                 elif len(self._held) < MAX_HELD:
                     self._held.append(message.data)
                 else:
@@ -185,33 +219,60 @@ class KernelConnection:
             if self._dropped > LOGGED_DROPS:
                 log.warning("Kernel %s: %d websocket frames dropped on one connection", self.kernel_id, self._dropped)
 
-    def _forward(self, data: str | bytes) -> None:
-        """A frame that is not a kernel message is dropped with a log line, as Jupyter Server does: the
+    async def _forward(self, data: str | bytes) -> None:
+        """Send a client's frame to the kernel. The send never blocks the worker: while the kernel's
+        queue is full (it reads nothing, as during a long cell), this waits, and so stops reading this
+        websocket, which pushes back on this client alone.
+
+        A frame that is not a kernel message is dropped with a log line, as Jupyter Server does: the
         protocol has no message to tell the client, and the websocket stays up for the frames that are fine."""
         try:
-            self.relayed.count(TO_KERNEL, self._send_to_kernel(data), len(data))
+            channel, frames = self._to_kernel(data)
         except (TypeError, ValueError, KeyError, RecursionError) as e:  # FrameError is a ValueError
             self._drop(str(e))
+            return
+        if channel == "shell":
+            await self._await_slot(frames[2])
+        try:
+            await self._socket(channel).send_multipart(frames)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            # pyzmq cancels the sends of a socket it closes: a warm kernel replaced the dead one
+            self._drop("the kernel was replaced before it read the frame")
+            return
+        self.relayed.count(TO_KERNEL, channel, len(data))
+
+    async def _await_slot(self, header: bytes) -> None:
+        """Count a shell request in (comms on shell get no reply, so only *_request), once fewer than
+        MAX_UNANSWERED wait for their replies."""
+        fields = _json_object(header)
+        msg_id = fields.get("msg_id")
+        if not isinstance(msg_id, str) or not str(fields.get("msg_type")).endswith("_request"):
+            return  # a header the kernel cannot read either: it drops the message
+        while len(self._unanswered) >= MAX_UNANSWERED:
+            self._answered.clear()
+            await self._answered.wait()
+        self._unanswered.add(msg_id)
 
     def _drop(self, reason: str) -> None:
         self._dropped += 1
         level = logging.WARNING if self._dropped <= LOGGED_DROPS else logging.DEBUG
         log.log(level, "Kernel %s: websocket frame dropped: %s", self.kernel_id, reason)
 
-    def _send_to_kernel(self, data: str | bytes) -> str:
+    def _to_kernel(self, data: str | bytes) -> tuple[str, list[bytes]]:
+        """A client's frame as (channel, the signed ZMQ frames for the kernel)."""
         if self.ws.ws_protocol == V1_PROTOCOL:
             if isinstance(data, str):
                 raise FrameError("text frame on the v1 protocol")
             channel, parts = decode_v1(data)
-            if channel == "iopub":
-                raise FrameError("clients cannot publish on iopub")
-            self.session.send_raw(self._socket(channel), parts)
         else:
             channel, message = decode_legacy(data)
-            if channel == "iopub":
-                raise FrameError("clients cannot publish on iopub")
-            self.session.send(self._socket(channel), message)
-        return channel
+        if channel == "iopub":
+            raise FrameError("clients cannot publish on iopub")
+        if self.ws.ws_protocol == V1_PROTOCOL:
+            return channel, [DELIMITER, self.session.sign(parts[:4]), *parts]
+        return channel, signed(self.session, message)
 
     def last_delivered_msg_id(self) -> str | None:
         return json.loads(self.last_iopub_header).get("msg_id") if self.last_iopub_header else None
@@ -224,9 +285,20 @@ class KernelConnection:
         self._readers, self._sockets = {}, {}
 
     async def close(self) -> None:
-        readers = list(self._readers.values())
+        tasks = [*self._readers.values(), *([self._releasing] if self._releasing else [])]
+        if self._releasing:
+            self._releasing.cancel()
         self._close_sockets()
-        await asyncio.gather(*readers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _json_object(part: bytes) -> dict[str, Any]:
+    """A message part that should be a JSON object, or {} if it is no such thing."""
+    try:
+        value = json.loads(part)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 async def channels(request: web.Request) -> web.WebSocketResponse:
@@ -249,8 +321,9 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     feed = feeds.get(kernel_id)
     if feed is None or feed.info != info:
         feed = feeds[kernel_id] = IOPubFeed(request.app[ZMQ_CONTEXT], kernel_id, info)
-    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, feed.info, ws,
-                                  request.app[CONFIG].max_output_buffer, request.app[RELAYED])
+    config = request.app[CONFIG]
+    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, feed.info, ws, config.max_output_buffer,
+                                  config.max_message_size, request.app[RELAYED])
     try:
         await feed.ready()
         # Subscribed before asking for the replay, so nothing falls between the two (the overlap is

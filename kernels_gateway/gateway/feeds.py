@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
-from ..supervisor.activity import DELIMITER, WELCOME, subscriber
+from ..supervisor.activity import DELIMITER, WELCOME, WELCOME_TYPE, message_type, receive, subscriber
 from ..supervisor.wire import kernel_url
 
 if TYPE_CHECKING:
@@ -30,7 +29,6 @@ log = logging.getLogger("kernels_gateway.channels")
 NUDGE_TIMEOUT = 10.0
 # A kernel that greets subscriptions does so within a millisecond or two; past this, it is asked.
 WELCOME_WAIT = 0.05
-WELCOME_TYPE = f'"{WELCOME}"'.encode()
 # Seconds ZMQ may take to deliver the request for a tracked status after a restart.
 TRACKED_STATUS_LINGER = 1.0
 
@@ -46,7 +44,13 @@ def message_body(parts: list[bytes]) -> list[bytes] | None:
 
 def is_welcome(header: bytes) -> bool:
     """Whether a header is an iopub_welcome's; the substring test keeps JSON off the hot path."""
-    return WELCOME_TYPE in header and json.loads(header).get("msg_type") == WELCOME
+    return message_type(header, WELCOME_TYPE) == WELCOME
+
+
+def signed(session: Session, msg: dict[str, Any]) -> list[bytes]:
+    """A message dict (buffers included) as the frames to send: what Session.send would send, without
+    the blocking send it does on a shadow of an asyncio socket."""
+    return [*session.serialize(msg), *msg.get("buffers", ())]
 
 
 class IOPubFeed:
@@ -97,7 +101,9 @@ class IOPubFeed:
             async with asyncio.timeout(NUDGE_TIMEOUT):
                 while not self._heard.is_set():
                     for probe in probes:
-                        self.session.send(probe, "kernel_info_request")
+                        with contextlib.suppress(zmq.Again):  # a kernel that reads nothing: ask again later
+                            await probe.send_multipart(signed(self.session, self.session.msg("kernel_info_request")),
+                                                       zmq.NOBLOCK)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._heard.wait(), 0.2)
         except TimeoutError:
@@ -107,16 +113,18 @@ class IOPubFeed:
                 probe.close()
 
     async def _read(self) -> None:
-        while True:
-            body = message_body(await self._sub.recv_multipart())
-            self._heard.set()
-            if body is None:
-                log.warning("Kernel %s: malformed iopub message dropped", self.kernel_id)
-                continue
-            if is_welcome(body[0]):
-                continue  # a greeting for some gateway's subscription, meaningless to clients
-            for subscriber in list(self.subscribers):
-                subscriber.deliver("iopub", body)
+        await receive(self._sub, self._received)
+
+    def _received(self, parts: list[bytes]) -> None:
+        body = message_body(parts)
+        self._heard.set()
+        if body is None:
+            log.warning("Kernel %s: malformed iopub message dropped", self.kernel_id)
+            return
+        if is_welcome(body[0]):
+            return  # a greeting for some gateway's subscription, meaningless to clients
+        for connection in list(self.subscribers):
+            connection.deliver("iopub", body)
 
     async def _follow(self) -> None:
         """Kernel events, in order: states go to every websocket, and so does `hold` (a restart someone
@@ -143,9 +151,9 @@ class IOPubFeed:
             await self._nudge()
             for subscriber in list(self.subscribers):
                 subscriber.kernel_restarted(info)
-            self._ask_for_a_tracked_status()
+            await self._ask_for_a_tracked_status()
 
-    def _ask_for_a_tracked_status(self) -> None:
+    async def _ask_for_a_tracked_status(self) -> None:
         """After a restart, make the new process publish busy then idle for a request clients track.
 
         A restarted kernel's last state that clients such as JupyterLab believe is its own `starting`:
@@ -159,7 +167,9 @@ class IOPubFeed:
         probe = self._context.socket(zmq.DEALER)
         probe.linger = int(TRACKED_STATUS_LINGER * 1000)
         probe.connect(kernel_url(self.info, "shell"))
-        self.session.send(probe, "is_complete_request", {"code": ""})
+        with contextlib.suppress(zmq.Again):  # a kernel too busy to read: it will publish its states anyway
+            await probe.send_multipart(signed(self.session, self.session.msg("is_complete_request", {"code": ""})),
+                                       zmq.NOBLOCK)
         probe.close()
 
     async def close(self) -> None:

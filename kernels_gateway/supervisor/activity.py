@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,22 @@ log = logging.getLogger("kernels_gateway.supervisor")
 DELIMITER = b"<IDS|MSG>"
 # What a kernel with an XPUB iopub socket (ipykernel 7 and later) sends each new subscription.
 WELCOME = "iopub_welcome"
+# Substrings that a header of these types must contain: tested before any JSON is parsed, so that the
+# stream messages of a flood cost no parsing at all.
+WELCOME_TYPE = f'"{WELCOME}"'.encode()
+STATUS_TYPE = b'"status"'
+# How much one socket may hand over before the event loop runs everything else that is ready: a
+# kernel printing in a loop would otherwise keep the loop to itself (an await on a socket with
+# messages queued returns without yielding). The time bound matters most when kernels keep the cores
+# busy: then every turn of the loop waits for the operating system, and a REST call takes a few turns.
+BATCH_MESSAGES = 16
+BATCH_BYTES = 1 << 20
+BATCH_SECONDS = 0.0005
+# What Python spends on a buffered message besides its bytes (the list, the tuple, each part's object
+# header): counted against the replay budget, which for small messages would otherwise hold half again
+# as much memory as it says.
+MESSAGE_OVERHEAD = 200
+PART_OVERHEAD = 40
 # Requests that clients and the gateway send while a kernel runs a cell (control answers even then):
 # the busy/idle they cause says nothing about the kernel's work, as Jupyter Server also decided.
 UNTRACKED = frozenset({
@@ -52,6 +69,37 @@ def subscriber(context: zmq.asyncio.Context, connection_info: dict[str, Any], rc
     return sub
 
 
+async def receive(sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], None]) -> None:
+    """Hand every message of `sock` to `handle`, forever, a batch per turn of the event loop: wait for
+    one message, take what else is queued up to the batch's bound without waiting, then yield."""
+    queued = zmq.Socket.shadow(sock.underlying)  # plain non-blocking reads: no future per message
+    while True:
+        parts = await sock.recv_multipart()
+        count, size, ends = 1, sum(map(len, parts)), time.perf_counter() + BATCH_SECONDS
+        handle(parts)
+        try:
+            while count < BATCH_MESSAGES and size < BATCH_BYTES and time.perf_counter() < ends:
+                parts = queued.recv_multipart(zmq.NOBLOCK)
+                count, size = count + 1, size + sum(map(len, parts))
+                handle(parts)
+        except zmq.Again:
+            pass
+        # The socket's file descriptor is edge-triggered, and reads behind pyzmq's back may have taken
+        # the edge that a send waiting on the same socket needed: asking pyzmq for the events wakes it.
+        sock.get(zmq.EVENTS)
+        await asyncio.sleep(0)
+
+
+def message_type(header: bytes, expected: bytes) -> str | None:
+    """The msg_type of a header that may be of type `expected` (its quoted name), parsed only then."""
+    return json.loads(header).get("msg_type") if expected in header else None
+
+
+def memory_cost(parts: list[bytes]) -> int:
+    """The memory a buffered message holds, as the replay budget counts it."""
+    return MESSAGE_OVERHEAD + sum(len(part) + PART_OVERHEAD for part in parts)
+
+
 @dataclass(frozen=True)
 class ReplayLimits:
     max_bytes: int = 8 << 20
@@ -72,35 +120,46 @@ class IOPub:
 
     async def watch(self, sub: zmq.asyncio.Socket) -> None:
         try:
-            while True:
-                parts = await sub.recv_multipart()
-                try:
-                    self._heard(parts[parts.index(DELIMITER) + 2 :])
-                except (ValueError, IndexError, KeyError, TypeError):
-                    log.warning("Kernel %s: unreadable iopub message ignored", self.kernel_id)
+            await receive(sub, self._received)
         finally:
             sub.close()
 
+    def _received(self, parts: list[bytes]) -> None:
+        try:
+            self._heard(parts[parts.index(DELIMITER) + 2 :])
+        except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+            log.warning("Kernel %s: unreadable iopub message ignored", self.kernel_id)
+
     def _heard(self, parts: list[bytes]) -> None:
-        """parts: header, parent_header, metadata, content, *buffers."""
+        """parts: header, parent_header, metadata, content, *buffers. Only status messages and
+        welcomes are parsed; everything else is kept as it came."""
         self.heard.set()
-        msg_type = json.loads(parts[0]).get("msg_type")
-        if msg_type == WELCOME:
+        header = parts[0]
+        if message_type(header, WELCOME_TYPE) == WELCOME:
             return  # the kernel greeting a subscription: not activity, and for no client
         now = time.time()
         self.last_activity = now
-        if msg_type == "status" and json.loads(parts[1]).get("msg_type") not in UNTRACKED:
-            self.execution_state = json.loads(parts[3])["execution_state"]
+        if message_type(header, STATUS_TYPE) == "status":
+            self._status(json.loads(parts[1]).get("msg_type"), json.loads(parts[3])["execution_state"])
         self._seq += 1
         self._buffer.append((self._seq, now, parts))
-        self._buffered_bytes += sum(map(len, parts))
+        self._buffered_bytes += memory_cost(parts)
         self._trim(now)
+
+    def _status(self, parent_type: str | None, state: str) -> None:
+        """A kernel's state follows the requests that do its work. The status of any other request
+        still says that a kernel reported as starting (or, once adopted, unknown) is up, as Jupyter
+        Server decides: a start's own status can arrive after the kernel_info that proved it ready."""
+        if parent_type not in UNTRACKED:
+            self.execution_state = state
+        elif self.execution_state in ("starting", "unknown") and state != "starting":
+            self.execution_state = "idle"
 
     def _trim(self, now: float) -> None:
         oldest = now - self.limits.max_age
         while self._buffer and (self._buffered_bytes > self.limits.max_bytes or self._buffer[0][1] < oldest):
             _, _, parts = self._buffer.popleft()
-            self._buffered_bytes -= sum(map(len, parts))
+            self._buffered_bytes -= memory_cost(parts)
 
     # -- replay --------------------------------------------------------------------------------
 
