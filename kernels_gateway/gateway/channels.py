@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import uuid
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import zmq
@@ -14,11 +17,15 @@ import zmq.asyncio
 from aiohttp import WSCloseCode, WSMsgType, web
 from jupyter_client.session import Session
 
+from ..supervisor.client import SupervisorClient
+from ..supervisor.errors import GatewayError
+from ..supervisor.progress import ProgressMap
+from ..supervisor import wire
 from ..supervisor.wire import kernel_url
 from .auth import origin_allowed
 from .feeds import IOPubFeed, message_body
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
-from .keys import CONFIG, FEEDS, SUPERVISOR, ZMQ_CONTEXT
+from .keys import CONFIG, DEPARTING, FEEDS, PROGRESS, SUPERVISOR, ZMQ_CONTEXT
 from .metrics import RELAYED, TO_CLIENT, TO_KERNEL, RelayCounts
 from .outbox import Outbox
 
@@ -28,6 +35,15 @@ MAX_HELD = 1000
 # Each websocket logs this many dropped frames one by one, then only a total when it closes, so a
 # client sending garbage in a loop cannot flood the log.
 LOGGED_DROPS = 10
+# What a client has read is known only from its websocket's answers to pings: clients answer a ping
+# once they have taken every message before it (aiohttp, Node's ws), or at least received it
+# (browsers). A ping follows every message, so that a position is exact, not a guess.
+ACK_EVERY = 1
+# Messages sent and not yet acknowledged that a connection remembers; past this (a client that never
+# answers pings), its position stops advancing, which costs its session repeats, never losses.
+MAX_UNACKED = 4096
+REQUEST_CHANNELS = frozenset({"shell", "control"})
+GATEWAY_USERNAME = b'"username": "kernels-gateway"'
 
 
 class KernelConnection:
@@ -36,9 +52,13 @@ class KernelConnection:
     and the session that signs what the client sends."""
 
     def __init__(self, context: zmq.asyncio.Context, kernel_id: str, info: dict[str, Any],
-                 ws: web.WebSocketResponse, outbox_limit: int, relayed: RelayCounts):
+                 ws: web.WebSocketResponse, outbox_limit: int, relayed: RelayCounts,
+                 supervisor: SupervisorClient, session_id: str):
         self.kernel_id = kernel_id
+        self.session_id = session_id
+        self.id = uuid.uuid4().hex  # this connection, as the supervisor knows it
         self.ws = ws
+        self.supervisor = supervisor
         self.outbox = Outbox(outbox_limit)
         self.relayed = relayed
         self._context = context
@@ -48,8 +68,18 @@ class KernelConnection:
         self._identity = uuid.uuid4().hex.encode()
         self._sockets: dict[str, zmq.asyncio.Socket] = {}
         self._readers: dict[str, asyncio.Task] = {}
-        self.last_iopub_header: bytes | None = None  # what to tell the supervisor we last delivered
-        self._replayed: set[str] = set()  # msg_ids sent from the replay buffer, not to be sent twice
+        self.last_iopub_header: bytes | None = None  # the last kernel iopub message the client has read
+        self.progress: tuple[ProgressMap, int] | None = None  # where that is published for the supervisor
+        self._pings = 0
+        self._since_ping = 0
+        # Sent and not yet acknowledged: (the ping that will acknowledge it, channel, iopub header or body).
+        self._unacked: deque[tuple[int, str, Any]] = deque()
+        self._requests = 0  # shell and control requests that the kernel has not answered to this client
+        self._joining = False  # a returning session's replay is not yet joined to the live output
+        self._replayed: set[str] = set()  # msg_ids sent from the replay, not to be sent twice
+        self._overlapping = False
+        self._skip_through: str | None = None
+        self._grace_over = asyncio.Event()
         # Client frames that arrive while the kernel restarts wait here for the new process.
         self._held: list[str | bytes] | None = None
         self._dropped = 0
@@ -109,11 +139,15 @@ class KernelConnection:
         for data in held:
             self._forward(data)
 
-    async def replay(self, missed: list[list[bytes]]) -> None:
-        """Send what the client's session missed while away, before anything live."""
-        for parts in missed:
-            self._replayed.add(json.loads(parts[0]).get("msg_id"))
-            await self._send("iopub", parts)
+    async def replay(self, missed: list[tuple[str, list[bytes]]], returning: bool) -> None:
+        """Send what the client's session missed while away, before anything live: iopub output (a
+        notice first if the replay limits dropped some), then replies that reached its departed
+        connection. The live output then joins it exactly where the replay ends."""
+        self._joining = returning
+        for channel, parts in missed:
+            if channel == "iopub":
+                self._replayed.add(json.loads(parts[0]).get("msg_id"))
+            await self._send_acked(channel, parts)
 
     async def relay(self) -> None:
         """Carry messages both ways until the websocket closes or sending to it fails."""
@@ -140,26 +174,95 @@ class KernelConnection:
         await self.ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
         self.relayed.count(TO_CLIENT, channel, len(payload))
 
+    async def _send_acked(self, channel: str, body: list[bytes]) -> None:
+        """Send, and remember the message until the client acknowledges it by answering a ping."""
+        await self._send(channel, body)
+        if len(self._unacked) < MAX_UNACKED:
+            self._unacked.append((self._pings + 1, channel, body[0] if channel == "iopub" else body))
+        self._since_ping += 1
+        if self._since_ping >= ACK_EVERY:
+            self._pings += 1
+            self._since_ping = 0
+            await self.ws.ping(b"%d" % self._pings)
+
+    def _acknowledged(self, data: bytes) -> None:
+        """A pong: everything sent before that ping has been read. Our own pings carry a number;
+        aiohttp's keepalive pings carry none."""
+        try:
+            number = int(data)
+        except ValueError:
+            return
+        headers = []
+        while self._unacked and self._unacked[0][0] <= number:
+            _, channel, sent = self._unacked.popleft()
+            if channel == "iopub":
+                headers.append(sent)
+        self._read_up_to(headers)
+
+    def _read_up_to(self, headers: list[bytes]) -> None:
+        """The client has read these iopub messages: its position is the last that came from the
+        kernel (the supervisor never heard the gateway's own), published for the supervisor."""
+        for header in reversed(headers):
+            if GATEWAY_USERNAME not in header and json.loads(header).get("session") != self.session.session:
+                self.last_iopub_header = header
+                if self.progress:
+                    self.progress[0].write(self.progress[1], self.last_delivered_msg_id() or "")
+                return
+
     async def _to_client(self) -> None:
         while True:
             channel, body = await self.outbox.get()
             if self.ws.closed:
                 return  # what was not sent before the client's close stays replayable
-            if channel == "iopub":
-                if self._replayed:
-                    # Live output overlaps the replay only at its start; once past it, stop looking.
-                    if json.loads(body[0]).get("msg_id") in self._replayed:
-                        continue
-                    self._replayed.clear()
-                self.last_iopub_header = body[0]
-            await self._send(channel, body)
+            if channel in REQUEST_CHANNELS:
+                self._requests = max(0, self._requests - 1)
+            elif channel == "iopub" and self._joining and not await self._join(body):
+                continue
+            await self._send_acked(channel, body)
+
+    async def _join(self, body: list[bytes]) -> bool:
+        """Whether a live iopub message of a returning session is new to it. The live output may
+        repeat the replay's end, or begin after it; where exactly, only the supervisor can say."""
+        header = json.loads(body[0])
+        if header.get("session") in ("", self.session.session):
+            return True  # our own status or notice: nothing the replay has
+        msg_id = header.get("msg_id")
+        if self._skip_through is None and msg_id not in self._replayed and not self._overlapping:
+            try:
+                between, self._skip_through = await self.supervisor.replay_join(self.kernel_id, self.session_id, msg_id)
+            except GatewayError as e:
+                log.warning("Kernel %s: could not join a replay to the live output: %s", self.kernel_id, e)
+                between = []
+            for parts in between:
+                await self._send_acked("iopub", parts)
+        if self._skip_through is not None:  # the live output is behind: it repeats up to here
+            if msg_id == self._skip_through:
+                self._skip_through = None
+                self._joined()
+            return False
+        if msg_id in self._replayed:
+            self._overlapping = True
+            return False
+        return self._joined()
+
+    def _joined(self) -> bool:
+        self._joining, self._replayed, self._overlapping = False, set(), False
+        return True
 
     async def _from_client(self) -> None:
         try:
-            async for message in self.ws:
-                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    continue
-                if self._held is None:
+            while True:
+                message = await self.ws.receive()
+                if message.type is WSMsgType.PONG:
+                    self._acknowledged(message.data)
+                elif message.type is WSMsgType.PING:  # answered here, since pongs are read here too
+                    await self.ws.pong(message.data)
+                elif message.type is WSMsgType.CLOSE:
+                    self._closed_by_client()
+                    return
+                elif message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    return  # closing, closed or broken
+                elif self._held is None:
                     self._forward(message.data)
                 elif len(self._held) < MAX_HELD:
                     self._held.append(message.data)
@@ -169,11 +272,23 @@ class KernelConnection:
             if self._dropped > LOGGED_DROPS:
                 log.warning("Kernel %s: %d websocket frames dropped on one connection", self.kernel_id, self._dropped)
 
+    def _closed_by_client(self) -> None:
+        """A client that closes has read the message after the last one it acknowledged, if that was
+        sent before its close arrived: a client that answers pings as it takes messages (aiohttp,
+        or Node's ws closing from a message handler) answered the ping before that message, then took
+        it, then closed, and never answers the ping after it."""
+        if self._unacked:
+            _, channel, sent = self._unacked.popleft()
+            if channel == "iopub":
+                self._read_up_to([sent])
+
     def _forward(self, data: str | bytes) -> None:
         """A frame that is not a kernel message is dropped with a log line, as Jupyter Server does: the
         protocol has no message to tell the client, and the websocket stays up for the frames that are fine."""
         try:
-            self.relayed.count(TO_KERNEL, self._send_to_kernel(data), len(data))
+            channel = self._send_to_kernel(data)
+            self.relayed.count(TO_KERNEL, channel, len(data))
+            self._requests += channel in REQUEST_CHANNELS
         except (TypeError, ValueError, KeyError, RecursionError) as e:  # FrameError is a ValueError
             self._drop(str(e))
 
@@ -207,10 +322,58 @@ class KernelConnection:
             sock.close()
         self._readers, self._sockets = {}, {}
 
+    async def depart(self, grace: float) -> None:
+        """The websocket is gone; replies meant for it are not. Those sent but not acknowledged, those
+        waiting here, and those the kernel sends until every request is answered (or `grace` runs
+        out) go to the supervisor, which keeps them for the session's return, through any worker."""
+        for _, channel, body in self._unacked:
+            if channel != "iopub":
+                await self._hand_over(channel, body)
+        self._unacked.clear()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        ended = asyncio.ensure_future(self._grace_over.wait())
+        try:
+            while self._requests > 0 and not ended.done():
+                got = asyncio.ensure_future(self.outbox.get())
+                await asyncio.wait([got, ended], timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED)
+                if not got.done():
+                    got.cancel()
+                    break
+                channel, body = got.result()
+                if channel == "iopub":
+                    continue  # the supervisor's replay has it
+                self._requests -= channel in REQUEST_CHANNELS
+                await self._hand_over(channel, body)
+        finally:
+            ended.cancel()
+
+    async def _hand_over(self, channel: str, body: list[bytes]) -> None:
+        try:
+            await self.supervisor.session_reply(self.kernel_id, self.session_id, channel, body)
+        except GatewayError as e:
+            log.warning("Kernel %s: a %s reply for a departed websocket was lost: %s", self.kernel_id, channel, e)
+
+    def end_grace(self) -> None:
+        self._grace_over.set()
+
     async def close(self) -> None:
         readers = list(self._readers.values())
         self._close_sockets()
         await asyncio.gather(*readers, return_exceptions=True)
+
+
+async def progress_map(app: web.Application) -> AsyncIterator[None]:
+    """This worker's progress file, where each websocket's read position outlives the worker."""
+    try:
+        app[PROGRESS] = ProgressMap(app[CONFIG].runtime_dir / f"progress-{os.getpid()}")
+    except OSError as e:
+        log.warning("No progress file (%s): sessions of a worker that dies may be replayed from further back", e)
+        app[PROGRESS] = None
+    app[DEPARTING] = set()
+    yield
+    if app[PROGRESS]:
+        app[PROGRESS].close()
 
 
 async def channels(request: web.Request) -> web.WebSocketResponse:
@@ -218,12 +381,13 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     kernel_id = request.match_info["kernel_id"]
     session_id = request.query.get("session_id") or uuid.uuid4().hex
     supervisor = request.app[SUPERVISOR]
-    ws = web.WebSocketResponse(
-        protocols=(V1_PROTOCOL,), max_msg_size=request.app[CONFIG].max_message_size, heartbeat=30.0
-    )
+    config = request.app[CONFIG]
+    # Pings are answered by hand: their pongs say what the client has read.
+    ws = web.WebSocketResponse(protocols=(V1_PROTOCOL,), max_msg_size=config.max_message_size, heartbeat=30.0,
+                               autoping=False)
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a websocket upgrade")
-    if not origin_allowed(request, request.app[CONFIG].allow_origin):
+    if not origin_allowed(request, config.allow_origin):
         raise web.HTTPForbidden(text=f"Origin {request.headers['Origin'][:200]} is not allowed (--allow-origin)")
     found = await supervisor.connection_info(kernel_id)  # an unknown kernel is a 404 before the upgrade
     info = found["connection_info"]
@@ -231,27 +395,39 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     feed = feeds.get(kernel_id)
     if feed is None or feed.info != info:
         feed = feeds[kernel_id] = IOPubFeed(request.app[ZMQ_CONTEXT], kernel_id, info)
-    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, feed.info, ws,
-                                  request.app[CONFIG].max_output_buffer, request.app[RELAYED])
+    connection = KernelConnection(request.app[ZMQ_CONTEXT], kernel_id, feed.info, ws, config.max_output_buffer,
+                                  request.app[RELAYED], supervisor, session_id)
+    progress, slot = request.app[PROGRESS], None
+    if progress and (slot := progress.take()) is not None:
+        connection.progress = progress, slot
     try:
         await feed.ready()
         # Subscribed before asking for the replay, so nothing falls between the two (the overlap is
         # skipped), and before the upgrade, so that a vanished kernel or supervisor is still plain HTTP.
         feed.subscribers.add(connection)
-        missed = await supervisor.connection_opened(kernel_id, session_id)
+        missed, returning = await supervisor.connection_opened(
+            kernel_id, session_id, connection.id, {"file": progress.path.name, "slot": slot} if slot is not None else None)
         try:
             await ws.prepare(request)
             request.app[RELAYED].opened += 1
             with contextlib.suppress(ConnectionResetError):
-                await connection.replay(missed)
+                await connection.replay(missed, returning)
             await connection.relay()
         finally:
-            await supervisor.connection_closed(kernel_id, session_id, connection.last_delivered_msg_id())
+            await supervisor.connection_closed(kernel_id, session_id, connection.id, connection.last_delivered_msg_id())
             if ws.prepared:
                 await ws.close()
+        feed.subscribers.discard(connection)
+        request.app[DEPARTING].add(connection)
+        try:
+            await connection.depart(config.replay_age)
+        finally:
+            request.app[DEPARTING].discard(connection)
     finally:
         feed.subscribers.discard(connection)
         await connection.close()
+        if slot is not None:
+            progress.release(slot)
         if not feed.subscribers and feeds.get(kernel_id) is feed:
             del feeds[kernel_id]
             await feed.close()
@@ -259,14 +435,24 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
 
 
 def relay_event(app: web.Application, event: dict[str, Any]) -> None:
-    """A kernel event the supervisor pushed, for the websockets on that kernel in this worker."""
+    """A kernel event the supervisor pushed, for the websockets on that kernel in this worker; or a
+    reply (it has `parts`) that reached a departed connection of a session now connected here."""
     feed = app[FEEDS].get(event.get("kernel_id"))
-    if feed:
+    if feed and "parts" in event:
+        body = wire.unpack_parts(event["parts"])
+        for connection in feed.subscribers:
+            if connection.session_id == event.get("session_id"):
+                connection.deliver(event.get("channel"), body)
+                return
+    elif feed:
         feed.events.put_nowait(event)
 
 
 async def close_all(app: web.Application) -> None:
-    """On shutdown, tell every client the server is going away (1001) rather than just dropping it."""
+    """On shutdown, tell every client the server is going away (1001) rather than just dropping it,
+    and stop waiting for the replies of websockets already gone."""
+    for connection in app[DEPARTING]:
+        connection.end_grace()
     for feed in list(app[FEEDS].values()):
         for connection in list(feed.subscribers):
             await connection.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

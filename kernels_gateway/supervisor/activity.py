@@ -2,8 +2,8 @@
 for clients that reconnect.
 
 One SUB socket per kernel. The supervisor never relays these messages live (workers have their own
-sockets); it keeps a bounded buffer so that a client reconnecting with the same session_id, through any
-worker, gets what it missed while away.
+sockets); it hands each to the kernel's replay (`replay.py`), so that a client reconnecting with the
+same session_id, through any worker, gets what it missed while away.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
+from .replay import Replay, ReplayLimits
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -52,23 +51,13 @@ def subscriber(context: zmq.asyncio.Context, connection_info: dict[str, Any], rc
     return sub
 
 
-@dataclass(frozen=True)
-class ReplayLimits:
-    max_bytes: int = 8 << 20
-    max_age: float = 120.0
-
-
 class IOPub:
     def __init__(self, kernel_id: str, limits: ReplayLimits):
         self.kernel_id = kernel_id
-        self.limits = limits
+        self.replay = Replay(limits)
         self.execution_state = "starting"
         self.last_activity = time.time()
         self.heard = asyncio.Event()  # set by every message: proof that the subscription is live
-        self._seq = 0
-        self._buffer: deque[tuple[int, float, list[bytes]]] = deque()
-        self._buffered_bytes = 0
-        self._departed: dict[str, tuple[str | None, int, float]] = {}
 
     async def watch(self, sub: zmq.asyncio.Socket) -> None:
         try:
@@ -91,37 +80,4 @@ class IOPub:
         self.last_activity = now
         if msg_type == "status" and json.loads(parts[1]).get("msg_type") not in UNTRACKED:
             self.execution_state = json.loads(parts[3])["execution_state"]
-        self._seq += 1
-        self._buffer.append((self._seq, now, parts))
-        self._buffered_bytes += sum(map(len, parts))
-        self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        oldest = now - self.limits.max_age
-        while self._buffer and (self._buffered_bytes > self.limits.max_bytes or self._buffer[0][1] < oldest):
-            _, _, parts = self._buffer.popleft()
-            self._buffered_bytes -= sum(map(len, parts))
-
-    # -- replay --------------------------------------------------------------------------------
-
-    def depart(self, session_id: str, last_msg_id: str | None) -> None:
-        """A client of this session went away, having last seen `last_msg_id` (None: unknown, as when
-        its worker died). Where that message sits is looked up on return: this SUB socket may not
-        have received it yet."""
-        self._departed[session_id] = (last_msg_id, self._seq, time.time())
-
-    def missed(self, session_id: str) -> list[list[bytes]]:
-        """What the session missed since it departed; each message is returned once."""
-        now = time.time()
-        self._trim(now)
-        self._departed = {s: d for s, d in self._departed.items() if d[2] > now - self.limits.max_age}
-        departed = self._departed.pop(session_id, None)
-        if departed is None:
-            return []
-        last_msg_id, after, _ = departed
-        if last_msg_id:
-            for number, _, parts in reversed(self._buffer):
-                if json.loads(parts[0]).get("msg_id") == last_msg_id:
-                    after = number
-                    break
-        return [parts for number, _, parts in self._buffer if number > after]
+        self.replay.heard(parts, now)
