@@ -37,8 +37,9 @@ MAX_HELD = 1000
 LOGGED_DROPS = 10
 # What a client has read is known only from its websocket's answers to pings: clients answer a ping
 # once they have taken every message before it (aiohttp, Node's ws), or at least received it
-# (browsers). A ping follows every message, so that a position is exact, not a guess.
-ACK_EVERY = 1
+# (browsers). A ping follows the last message of every burst, and one in ACK_EVERY in a flood: a ping
+# per message would make a position exact mid-flood too, at twice the worker's work per message.
+ACK_EVERY = 16
 # Messages sent and not yet acknowledged that a connection remembers; past this (a client that never
 # answers pings), its position stops advancing, which costs its session repeats, never losses.
 MAX_UNACKED = 4096
@@ -64,14 +65,16 @@ class KernelConnection:
         self._context = context
         self._use(info)
         # shell and stdin share an identity, so that input_request finds its way back to this websocket;
-        # a fresh one per websocket, so that two connections of one session never collide.
-        self._identity = uuid.uuid4().hex.encode()
+        # a fresh one per websocket, so that two connections of one session never collide; the
+        # connection's id, so that the supervisor can collect its replies should this worker die.
+        self._identity = self.id.encode()
         self._sockets: dict[str, zmq.asyncio.Socket] = {}
         self._readers: dict[str, asyncio.Task] = {}
         self.last_iopub_header: bytes | None = None  # the last kernel iopub message the client has read
         self.progress: tuple[ProgressMap, int] | None = None  # where that is published for the supervisor
         self._pings = 0
         self._since_ping = 0
+        self._answered = 0  # the last of our pings the client answered
         # Sent and not yet acknowledged: (the ping that will acknowledge it, channel, iopub header or body).
         self._unacked: deque[tuple[int, str, Any]] = deque()
         self._requests = 0  # shell and control requests that the kernel has not answered to this client
@@ -144,10 +147,10 @@ class KernelConnection:
         notice first if the replay limits dropped some), then replies that reached its departed
         connection. The live output then joins it exactly where the replay ends."""
         self._joining = returning
-        for channel, parts in missed:
+        for number, (channel, parts) in enumerate(missed, 1):
             if channel == "iopub":
                 self._replayed.add(json.loads(parts[0]).get("msg_id"))
-            await self._send_acked(channel, parts)
+            await self._send_acked(channel, parts, more=number < len(missed))
 
     async def relay(self) -> None:
         """Carry messages both ways until the websocket closes or sending to it fails."""
@@ -174,13 +177,14 @@ class KernelConnection:
         await self.ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
         self.relayed.count(TO_CLIENT, channel, len(payload))
 
-    async def _send_acked(self, channel: str, body: list[bytes]) -> None:
-        """Send, and remember the message until the client acknowledges it by answering a ping."""
+    async def _send_acked(self, channel: str, body: list[bytes], more: bool = False) -> None:
+        """Send, and remember the message until the client acknowledges it by answering a ping;
+        `more`: others follow at once."""
         await self._send(channel, body)
         if len(self._unacked) < MAX_UNACKED:
             self._unacked.append((self._pings + 1, channel, body[0] if channel == "iopub" else body))
         self._since_ping += 1
-        if self._since_ping >= ACK_EVERY:
+        if self._since_ping >= ACK_EVERY or not more:
             self._pings += 1
             self._since_ping = 0
             await self.ws.ping(b"%d" % self._pings)
@@ -192,6 +196,7 @@ class KernelConnection:
             number = int(data)
         except ValueError:
             return
+        self._answered = max(self._answered, number)
         headers = []
         while self._unacked and self._unacked[0][0] <= number:
             _, channel, sent = self._unacked.popleft()
@@ -205,9 +210,18 @@ class KernelConnection:
         for header in reversed(headers):
             if GATEWAY_USERNAME not in header and json.loads(header).get("session") != self.session.session:
                 self.last_iopub_header = header
-                if self.progress:
-                    self.progress[0].write(self.progress[1], self.last_delivered_msg_id() or "")
+                self._publish()
                 return
+
+    def _requested(self, channel: str) -> None:
+        if channel in REQUEST_CHANNELS:
+            self._requests += 1
+            self._publish()
+
+    def _publish(self) -> None:
+        """Where the supervisor finds this connection's progress should this worker die: a memory write."""
+        if self.progress:
+            self.progress[0].write(self.progress[1], self.last_delivered_msg_id() or "", self._requests)
 
     async def _to_client(self) -> None:
         while True:
@@ -216,9 +230,10 @@ class KernelConnection:
                 return  # what was not sent before the client's close stays replayable
             if channel in REQUEST_CHANNELS:
                 self._requests = max(0, self._requests - 1)
+                self._publish()
             elif channel == "iopub" and self._joining and not await self._join(body):
                 continue
-            await self._send_acked(channel, body)
+            await self._send_acked(channel, body, more=not self.outbox.empty())
 
     async def _join(self, body: list[bytes]) -> bool:
         """Whether a live iopub message of a returning session is new to it. The live output may
@@ -234,7 +249,7 @@ class KernelConnection:
                 log.warning("Kernel %s: could not join a replay to the live output: %s", self.kernel_id, e)
                 between = []
             for parts in between:
-                await self._send_acked("iopub", parts)
+                await self._send_acked("iopub", parts, more=True)
         if self._skip_through is not None:  # the live output is behind: it repeats up to here
             if msg_id == self._skip_through:
                 self._skip_through = None
@@ -276,8 +291,9 @@ class KernelConnection:
         """A client that closes has read the message after the last one it acknowledged, if that was
         sent before its close arrived: a client that answers pings as it takes messages (aiohttp,
         or Node's ws closing from a message handler) answered the ping before that message, then took
-        it, then closed, and never answers the ping after it."""
-        if self._unacked:
+        it, then closed, and never answers the ping after it. One that never answered a ping on this
+        connection may have read nothing at all."""
+        if self._answered and self._unacked and self._unacked[0][0] == self._answered + 1:
             _, channel, sent = self._unacked.popleft()
             if channel == "iopub":
                 self._read_up_to([sent])
@@ -288,7 +304,7 @@ class KernelConnection:
         try:
             channel = self._send_to_kernel(data)
             self.relayed.count(TO_KERNEL, channel, len(data))
-            self._requests += channel in REQUEST_CHANNELS
+            self._requested(channel)
         except (TypeError, ValueError, KeyError, RecursionError) as e:  # FrameError is a ValueError
             self._drop(str(e))
 

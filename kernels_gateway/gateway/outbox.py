@@ -42,6 +42,9 @@ class Outbox:
         self._bytes += size
         self._waiting.set()
 
+    def empty(self) -> bool:
+        return not self._queue and not self._dropped_count
+
     async def get(self) -> tuple[str, list[bytes]]:
         """The next message to send; a drop notice first once the backlog has halved."""
         if self._dropped_count and self._bytes <= self.limit // 2:

@@ -295,7 +295,7 @@ class Kernels:
             shell.close()
 
     async def _watch_iopub(self, kernel: Kernel) -> None:
-        await kernel.iopub.watch(subscriber(self._zmq, kernel.connection_info()))
+        await kernel.iopub.watch(subscriber(self._zmq, kernel.connection_info(), rcvhwm=0))
 
     # -- death and automatic restart -----------------------------------------------------------
 
@@ -432,6 +432,10 @@ class Kernels:
         self.records.remove(kernel.id)
 
     # -- connections and replay ----------------------------------------------------------------
+
+    @property
+    def zmq_context(self) -> zmq.asyncio.Context:
+        return self._zmq
 
     async def connection_opened(self, kernel_id: str, session_id: str | None = None, connection: str = "",
                                 progress: Callable[[], str | None] | None = None, replay: bool = True) -> Missed:

@@ -4,9 +4,12 @@ connection, written without a system call on every acknowledged message.
 
 A slot::
 
-    +--------------------+------------------+---------------------------------+
-    | generation: u32    | length: u16      | msg_id: UTF-8, `length` bytes    |
-    +--------------------+------------------+---------------------------------+
+    +-----------------+--------------+-----------------+------------------------------+
+    | generation: u32 | length: u16  | requests: u16   | msg_id: UTF-8, `length` bytes |
+    +-----------------+--------------+-----------------+------------------------------+
+
+msg_id is the last iopub message the client has read; requests, how many of its shell and control
+requests the kernel has not answered yet (their replies are collected for it should the worker die).
 
 The generation is odd while the worker writes (a seqlock): a reader that sees it odd or changed
 reads again, so a stalled or live worker is read whole, never torn.
@@ -21,7 +24,7 @@ from pathlib import Path
 
 SLOT = 128
 SLOTS = 16384  # a sparse file: pages exist only for slots in use
-_HEAD = struct.Struct("<IH")
+_HEAD = struct.Struct("<IHH")
 MAX_ID = SLOT - _HEAD.size
 READ_TRIES = 100
 
@@ -44,19 +47,20 @@ class ProgressMap:
         if not self._free:
             return None
         slot = self._free.pop()
-        self.write(slot, "")
+        self.write(slot, "", 0)
         return slot
 
-    def write(self, slot: int, msg_id: str) -> None:
+    def write(self, slot: int, msg_id: str, requests: int) -> None:
         data = msg_id.encode()
         if len(data) > MAX_ID:
-            return  # not a kernel's msg_id; the last one written stands
+            data = b""  # no kernel's msg_id: better to know nothing than something wrong
         base = slot * SLOT
         (generation,) = struct.unpack_from("<I", self._map, base)
-        struct.pack_into("<I", self._map, base, (generation + 1) | 1)
-        struct.pack_into("<H", self._map, base + 4, len(data))
+        writing = (generation + 1) | 1
+        struct.pack_into("<I", self._map, base, writing)
+        struct.pack_into("<HH", self._map, base + 4, len(data), min(requests, 0xFFFF))
         self._map[base + _HEAD.size : base + _HEAD.size + len(data)] = data
-        struct.pack_into("<I", self._map, base, ((generation + 1) | 1) + 1)
+        struct.pack_into("<I", self._map, base, writing + 1)
 
     def release(self, slot: int) -> None:
         self._free.append(slot)
@@ -66,18 +70,19 @@ class ProgressMap:
         self.path.unlink(missing_ok=True)
 
 
-def read(path: str, slot: int) -> str | None:
-    """The supervisor's side: the msg_id last published in a slot, or None if there is none."""
+def read(path: str, slot: int) -> tuple[str | None, int]:
+    """The supervisor's side: the msg_id last published in a slot (None if none), and the requests
+    still unanswered."""
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
             base = slot * SLOT
             if base + SLOT > len(view):
-                return None
+                return None, 0
             for _ in range(READ_TRIES):
-                generation, length = _HEAD.unpack_from(view, base)
+                generation, length, requests = _HEAD.unpack_from(view, base)
                 data = view[base + _HEAD.size : base + _HEAD.size + min(length, MAX_ID)]
                 if generation % 2 == 0 and _HEAD.unpack_from(view, base)[0] == generation:
-                    return data.decode(errors="replace") or None
+                    return data.decode(errors="replace") or None, requests
     except (OSError, ValueError):
-        return None
-    return None
+        pass
+    return None, 0

@@ -29,8 +29,9 @@ NOTICE = ("[kernels-gateway] {count} output messages ({size} bytes) were dropped
           " older than --replay-age or beyond --replay-bytes\n")
 # How long a position this socket has not heard yet may take to arrive before it is taken as "now".
 FIND_TIMEOUT = 5.0
-# Departed sessions remembered per kernel; the oldest are forgotten first.
+# Departed sessions remembered per kernel, and replies kept per session; the oldest go first.
 MAX_DEPARTED = 1000
+MAX_REPLIES = 1000
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,9 @@ class Replay:
         session.connections[connection] = progress
         if session.pending:
             entry = await self._find_soon(session.pending)
-            if entry is None:
-                log.warning("Session %s read a message this supervisor never heard; replaying from now", session_id)
-                entry = self._buffer[-1] if self._buffer else None
-            if entry is not None and entry.seq > session.seq:
+            if entry is None:  # the one earlier position known stands: repeats, never losses
+                log.warning("Session %s read a message this supervisor never heard; replaying from before it", session_id)
+            elif entry.seq > session.seq:
                 session.seq, session.end = entry.seq, entry.end
             session.pending = None
         self._trim(time.time())
@@ -204,6 +204,7 @@ class Replay:
         if session.connections:
             return False
         session.replies.append((channel, parts))
+        del session.replies[:-MAX_REPLIES]
         return True
 
     def connected_elsewhere(self, session_id: str) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import metrics, progress, wire
+from . import metrics, progress, replies, wire
 from .errors import BadRequest, GatewayError
 from .kernels import Kernels, valid_kernel_id
 
@@ -32,7 +32,8 @@ class Client:
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
         self.write_lock = asyncio.Lock()
-        self.connections: dict[str, tuple[str, str | None]] = {}  # connection id -> (kernel_id, session_id)
+        # connection id -> kernel_id, session_id and what reads its progress (None: it publishes none)
+        self.connections: dict[str, tuple[str, str | None, Callable[[], tuple[str | None, int]] | None]] = {}
         self.requests: set[asyncio.Task] = set()
         self.subscribed = False
         self.progress_files: set[Path] = set()
@@ -58,6 +59,7 @@ class SupervisorServer:
         self._server: asyncio.Server | None = None
         self._clients: set[Client] = set()
         self._handlers: set[asyncio.Task] = set()
+        self._collectors: set[asyncio.Task] = set()  # replies for websockets of workers that died
         self.ops: dict[str, Op] = {
             "ping": self.ping,
             "kernelspecs": self.kernelspecs,
@@ -120,9 +122,10 @@ class SupervisorServer:
         worker's progress file and slot, read should the worker die with the websocket open."""
         kernel_id, session_id = valid_kernel_id(args.get("kernel_id")), _optional_str(args, "session_id")
         connection = _optional_str(args, "connection") or f"anonymous-{id(client)}-{len(client.connections)}"
+        read = self._progress(args.get("progress"), client)
         missed = await self.kernels.connection_opened(kernel_id, session_id, connection,
-                                                      self._progress(args.get("progress"), client), bool(args.get("replay")))
-        client.connections[connection] = (kernel_id, session_id)
+                                                      (lambda: read()[0]) if read else None, bool(args.get("replay")))
+        client.connections[connection] = (kernel_id, session_id, read)
         return {"missed": [[channel, wire.pack_parts(parts)] for channel, parts in missed.messages],
                 "returning": missed.returning}
 
@@ -139,7 +142,7 @@ class SupervisorServer:
     async def connection_closed(self, args: dict, client: Client) -> None:
         kernel_id, session_id = valid_kernel_id(args.get("kernel_id")), _optional_str(args, "session_id")
         connection = _optional_str(args, "connection")
-        if client.connections.pop(connection, None) is not None:
+        if client.connections.pop(connection, None) is not None:  # a worker says; its progress is not read
             self.kernels.connection_closed(kernel_id, session_id, connection, _optional_str(args, "last_msg_id"))
 
     async def replay_join(self, args: dict, client: Client) -> dict:
@@ -164,13 +167,27 @@ class SupervisorServer:
             unpacked = wire.unpack_parts(parts)
         except (TypeError, ValueError):
             raise BadRequest("parts must be base64 strings") from None
-        if kernel.iopub.replay.reply(session_id, channel, unpacked):
+        self._deliver_reply(kernel.id, session_id, channel, unpacked)
+
+    def _deliver_reply(self, kernel_id: str, session_id: str, channel: str, parts: list[bytes]) -> None:
+        kernel = self.kernels.get(kernel_id)
+        if kernel.iopub.replay.reply(session_id, channel, parts):
             return
         for other in self._clients:
-            if (kernel.id, session_id) in other.connections.values():
-                other.push({"kernel_id": kernel.id, "session_id": session_id, "channel": channel, "parts": parts},
-                           "session_reply")
+            if any(held[:2] == (kernel_id, session_id) for held in other.connections.values()):
+                other.push({"kernel_id": kernel_id, "session_id": session_id, "channel": channel,
+                            "parts": wire.pack_parts(parts)}, "session_reply")
                 return
+
+    async def _collect_replies(self, kernel_id: str, session_id: str, connection: str, requests: int) -> None:
+        """Replies for the websocket of a worker that died, from the kernel's sockets, under its identity."""
+        try:
+            kernel = self.kernels.get(kernel_id)
+            await replies.collect(self.kernels.zmq_context, kernel.connection_info(), connection.encode(), requests,
+                                  self.kernels.settings.replay.max_age,
+                                  lambda channel, parts: self._deliver_reply(kernel_id, session_id, channel, parts))
+        except GatewayError:
+            pass  # the kernel is gone, and its replies with it
 
     async def subscribe(self, args: dict, client: Client) -> None:
         """From now on, push this client every kernel state change it cannot see on iopub."""
@@ -203,6 +220,9 @@ class SupervisorServer:
 
     async def close(self) -> None:
         self.kernels.listeners.discard(self._broadcast)
+        for collector in self._collectors:
+            collector.cancel()
+        await asyncio.gather(*self._collectors, return_exceptions=True)
         if self._server:
             self._server.close()
         for client in list(self._clients):
@@ -244,8 +264,13 @@ class SupervisorServer:
             await asyncio.gather(*client.requests, return_exceptions=True)
             # A worker that went away took its websockets with it; their sessions may come back, and
             # their progress, published by the worker, says where they had read to.
-            for connection, (kernel_id, session_id) in client.connections.items():
-                self.kernels.connection_closed(kernel_id, session_id, connection)
+            for connection, (kernel_id, session_id, read) in client.connections.items():
+                last_msg_id, requests = read() if read else (None, 0)
+                self.kernels.connection_closed(kernel_id, session_id, connection, last_msg_id)
+                if requests and session_id:
+                    collector = asyncio.create_task(self._collect_replies(kernel_id, session_id, connection, requests))
+                    self._collectors.add(collector)
+                    collector.add_done_callback(self._collectors.discard)
             for path in client.progress_files:
                 _remove_if_abandoned(path)
             self._clients.discard(client)
