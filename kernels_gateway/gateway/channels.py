@@ -37,9 +37,11 @@ MAX_HELD = 1000
 LOGGED_DROPS = 10
 # What a client has read is known only from its websocket's answers to pings: clients answer a ping
 # once they have taken every message before it (aiohttp, Node's ws), or at least received it
-# (browsers). A ping follows the last message of every burst, and one in ACK_EVERY in a flood: a ping
-# per message would make a position exact mid-flood too, at twice the worker's work per message.
+# (browsers). A ping follows every message but `stream` output, which gets one at the end of each
+# burst and after every ACK_EVERY in a flood: a ping per message would make a position exact
+# mid-flood too, at twice the worker's work per message.
 ACK_EVERY = 16
+STREAM = b'"stream"'
 # Messages sent and not yet acknowledged that a connection remembers; past this (a client that never
 # answers pings), its position stops advancing, which costs its session repeats, never losses.
 MAX_UNACKED = 4096
@@ -184,7 +186,7 @@ class KernelConnection:
         if len(self._unacked) < MAX_UNACKED:
             self._unacked.append((self._pings + 1, channel, body[0] if channel == "iopub" else body))
         self._since_ping += 1
-        if self._since_ping >= ACK_EVERY or not more:
+        if self._since_ping >= ACK_EVERY or not more or channel != "iopub" or STREAM not in body[0]:
             self._pings += 1
             self._since_ping = 0
             await self.ws.ping(b"%d" % self._pings)
