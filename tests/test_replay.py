@@ -20,7 +20,7 @@ from kernels_gateway.gateway.channels import ACK_EVERY
 from .conftest import eventually
 from .kernel_client import KernelSocket
 from .test_process import children
-from .test_survival import json_of, start_kernel
+from .test_survival import start_kernel
 
 # A line's message takes about 300 bytes of socket buffers; these hold a few MiB at most.
 MAX_IN_FLIGHT = 10_000
@@ -128,7 +128,7 @@ async def flood_with_drops(http, gw, drop, n: int, drops: int = 3) -> Output:
         seen = sum(output.lines.values())
         await read_until(sock, output, lambda: sum(output.lines.values()) >= seen + n // (drops + 2))
         await drop(sock, worker, output)
-        sock, worker = await open_session(http, gw, kernel_id, "s", **({"avoid": worker} if number % 2 == 0 else {}))
+        sock, worker = await open_session(http, gw, kernel_id, "s", **({"avoid": worker} if number % 2 == 0 else {"on": worker}))
     with contextlib.suppress(TimeoutError):
         await read_until(sock, output, lambda: output.done)
     await sock.close()

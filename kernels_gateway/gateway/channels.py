@@ -17,10 +17,10 @@ import zmq.asyncio
 from aiohttp import WSCloseCode, WSMsgType, web
 from jupyter_client.session import Session
 
+from ..supervisor import wire
 from ..supervisor.client import SupervisorClient
 from ..supervisor.errors import GatewayError
 from ..supervisor.progress import ProgressMap
-from ..supervisor import wire
 from ..supervisor.wire import kernel_url
 from .auth import origin_allowed
 from .feeds import IOPubFeed, message_body
@@ -46,7 +46,6 @@ STREAM = b'"stream"'
 # answers pings), its position stops advancing, which costs its session repeats, never losses.
 MAX_UNACKED = 4096
 REQUEST_CHANNELS = frozenset({"shell", "control"})
-GATEWAY_USERNAME = b'"username": "kernels-gateway"'
 
 
 class KernelConnection:
@@ -210,7 +209,7 @@ class KernelConnection:
         """The client has read these iopub messages: its position is the last that came from the
         kernel (the supervisor never heard the gateway's own), published for the supervisor."""
         for header in reversed(headers):
-            if GATEWAY_USERNAME not in header and json.loads(header).get("session") != self.session.session:
+            if not self._ours(json.loads(header)):
                 self.last_iopub_header = header
                 self._publish()
                 return
@@ -241,8 +240,8 @@ class KernelConnection:
         """Whether a live iopub message of a returning session is new to it. The live output may
         repeat the replay's end, or begin after it; where exactly, only the supervisor can say."""
         header = json.loads(body[0])
-        if header.get("session") in ("", self.session.session):
-            return True  # our own status or notice: nothing the replay has
+        if self._ours(header):
+            return True  # nothing the replay has
         msg_id = header.get("msg_id")
         if self._skip_through is None and msg_id not in self._replayed and not self._overlapping:
             try:
@@ -261,6 +260,11 @@ class KernelConnection:
             self._overlapping = True
             return False
         return self._joined()
+
+    def _ours(self, header: dict) -> bool:
+        """Whether a message is the gateway's own (a kernel state as status, a notice), which the
+        supervisor never hears."""
+        return header.get("session") in ("", self.session.session)
 
     def _joined(self) -> bool:
         self._joining, self._replayed, self._overlapping = False, set(), False

@@ -18,9 +18,9 @@ import json
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
 from uuid import uuid4
 
 log = logging.getLogger("kernels_gateway.supervisor")
