@@ -183,6 +183,15 @@ async def test_a_stalled_then_killed_worker_loses_no_line(start_gateway, http):
     assert output.lost(n) == [], len(output.lost(n))
     assert output.repeated() <= MAX_IN_FLIGHT, output.repeated()
     assert output.done and len(output.reply) == 1
+    # The dead worker's progress file went once read; the others go with their workers.
+    files = await eventually(lambda: _progress_files_match(gw))
+    assert len(files) == 2
+    assert await gw.stop() == 0 and not list(gw.runtime_dir.glob("progress-*"))
+
+
+async def _progress_files_match(gw):
+    files = sorted(path.name for path in gw.runtime_dir.glob("progress-*"))
+    return files if files == sorted(f"progress-{pid}" for pid in workers(gw)) else None
 
 
 async def test_the_reply_to_a_request_in_flight_comes_back(start_gateway, http):

@@ -310,13 +310,16 @@ def _optional_str(args: dict, name: str) -> str | None:
 
 
 def _remove_if_abandoned(path: Path) -> None:
-    """A worker's progress file, once read, if that worker is gone (its pid is in the name)."""
+    """A worker's progress file, once read, if that worker is gone: its pid (in the name) names no
+    process, or one that has exited and awaits its parent (a zombie)."""
     try:
-        os.kill(int(path.name.rpartition("-")[2]), 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{int(path.name.rpartition('-')[2])}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "Z"
+    except (OSError, ValueError, IndexError):
+        return
+    if state in ("Z", "X"):
         path.unlink(missing_ok=True)
-    except (PermissionError, ValueError):
-        pass
 
 
 def _same_user(writer: asyncio.StreamWriter) -> bool:
