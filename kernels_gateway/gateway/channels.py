@@ -25,7 +25,7 @@ from ..supervisor.wire import kernel_url
 from .auth import origin_allowed
 from .feeds import IOPubFeed, message_body
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
-from .keys import CONFIG, DEPARTING, FEEDS, PROGRESS, SUPERVISOR, ZMQ_CONTEXT
+from .keys import CONFIG, DEPARTING, FEEDS, HANDED_BACK, PROGRESS, SUPERVISOR, ZMQ_CONTEXT
 from .metrics import RELAYED, TO_CLIENT, TO_KERNEL, RelayCounts
 from .outbox import Outbox
 
@@ -46,6 +46,7 @@ STREAM = b'"stream"'
 # answers pings), its position stops advancing, which costs its session repeats, never losses.
 MAX_UNACKED = 4096
 REQUEST_CHANNELS = frozenset({"shell", "control"})
+HAND_BACK_TIMEOUT = 2.0  # at a worker's stop, for replies on their way back to the supervisor
 
 
 class KernelConnection:
@@ -392,8 +393,13 @@ async def progress_map(app: web.Application) -> AsyncIterator[None]:
     except OSError as e:
         log.warning("No progress file (%s): sessions of a worker that dies may be replayed from further back", e)
         app[PROGRESS] = None
-    app[DEPARTING] = set()
+    app[DEPARTING], app[HANDED_BACK] = set(), set()
     yield
+    if app[HANDED_BACK]:
+        _, stuck = await asyncio.wait(app[HANDED_BACK], timeout=HAND_BACK_TIMEOUT)
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
     if app[PROGRESS]:
         app[PROGRESS].close()
 
@@ -460,14 +466,27 @@ def relay_event(app: web.Application, event: dict[str, Any]) -> None:
     """A kernel event the supervisor pushed, for the websockets on that kernel in this worker; or a
     reply (it has `parts`) that reached a departed connection of a session now connected here."""
     feed = app[FEEDS].get(event.get("kernel_id"))
-    if feed and "parts" in event:
+    if "parts" in event:
         body = wire.unpack_parts(event["parts"])
-        for connection in feed.subscribers:
+        for connection in feed.subscribers if feed else ():
             if connection.session_id == event.get("session_id"):
                 connection.deliver(event.get("channel"), body)
                 return
+        # The session left this worker meanwhile: the supervisor keeps the reply for its return.
+        back = asyncio.create_task(_hand_back(app[SUPERVISOR], event["kernel_id"], event.get("session_id"),
+                                              event.get("channel"), body))
+        app[HANDED_BACK].add(back)
+        back.add_done_callback(app[HANDED_BACK].discard)
     elif feed:
         feed.events.put_nowait(event)
+
+
+async def _hand_back(supervisor: SupervisorClient, kernel_id: str, session_id: str, channel: str,
+                     body: list[bytes]) -> None:
+    try:
+        await supervisor.session_reply(kernel_id, session_id, channel, body)
+    except GatewayError as e:
+        log.warning("Kernel %s: a %s reply for a session that left was lost: %s", kernel_id, channel, e)
 
 
 async def close_all(app: web.Application) -> None:

@@ -17,7 +17,8 @@ SUPERVISOR = web.AppKey("supervisor", SupervisorClient)
 ZMQ_CONTEXT = web.AppKey("zmq_context", zmq.asyncio.Context)
 # kernel id -> its iopub feed in this worker, with the websockets open on it
 FEEDS = web.AppKey("feeds", dict)
-# this worker's progress file (None if it could not be made), and the websockets gone whose replies
-# are still awaited
+# this worker's progress file (None if it could not be made), the websockets gone whose replies are
+# still awaited, and the replies handed back to the supervisor for sessions that left this worker
 PROGRESS = web.AppKey("progress", Optional[ProgressMap])
 DEPARTING = web.AppKey("departing", set)
+HANDED_BACK = web.AppKey("handed_back", set)
