@@ -182,9 +182,9 @@ class KernelConnection:
     async def _send_acked(self, channel: str, body: list[bytes], more: bool = False) -> None:
         """Send, and remember the message until the client acknowledges it by answering a ping;
         `more`: others follow at once."""
-        await self._send(channel, body)
-        if len(self._unacked) < MAX_UNACKED:
+        if len(self._unacked) < MAX_UNACKED:  # before sending: a send that fails leaves it unread
             self._unacked.append((self._pings + 1, channel, body[0] if channel == "iopub" else body))
+        await self._send(channel, body)
         self._since_ping += 1
         if self._since_ping >= ACK_EVERY or not more or channel != "iopub" or STREAM not in body[0]:
             self._pings += 1
@@ -226,6 +226,10 @@ class KernelConnection:
             self.progress[0].write(self.progress[1], self.last_delivered_msg_id() or "", self._requests)
 
     async def _to_client(self) -> None:
+        with contextlib.suppress(ConnectionResetError):  # the client went: the relay ends
+            await self._relay_to_client()
+
+    async def _relay_to_client(self) -> None:
         while True:
             channel, body = await self.outbox.get()
             if self.ws.closed:
