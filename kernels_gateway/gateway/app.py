@@ -13,7 +13,7 @@ from ..config import Config
 from ..supervisor.client import SupervisorClient
 from . import handlers, sessions
 from .auth import host_checked, local_only, setup_cors, token_required
-from .channels import channels, close_all, relay_event
+from .channels import channels, close_all, progress_map, relay_event
 from .errors import json_errors
 from .forwarded import believe_the_proxy
 from .keys import API_SPEC, CONFIG, FEEDS, SUPERVISOR, ZMQ_CONTEXT
@@ -90,7 +90,7 @@ def make_app(config: Config, listening: list[str] = ()) -> web.Application:
     app[CONFIG] = config
     app[API_SPEC] = handlers.api_description(config.base, config.sessions)
     app[FEEDS] = {}
-    app.cleanup_ctx.extend([supervisor_client, zmq_context, relay_counts])
+    app.cleanup_ctx.extend([supervisor_client, zmq_context, relay_counts, progress_map])
     app.on_shutdown.append(close_all)
     app.router.add_routes(routes(config.base, config.sessions, bool(config.allow_origin)))
     setup_cors(app, config)

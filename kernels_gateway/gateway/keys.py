@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import zmq.asyncio
 from aiohttp import web
 
 from ..config import Config
 from ..supervisor.client import SupervisorClient
+from ..supervisor.progress import ProgressMap
 
 CONFIG = web.AppKey("config", Config)
 API_SPEC = web.AppKey("api_spec", str)
@@ -14,3 +17,8 @@ SUPERVISOR = web.AppKey("supervisor", SupervisorClient)
 ZMQ_CONTEXT = web.AppKey("zmq_context", zmq.asyncio.Context)
 # kernel id -> its iopub feed in this worker, with the websockets open on it
 FEEDS = web.AppKey("feeds", dict)
+# this worker's progress file (None if it could not be made), the websockets gone whose replies are
+# still awaited, and the replies handed back to the supervisor for sessions that left this worker
+PROGRESS = web.AppKey("progress", Optional[ProgressMap])
+DEPARTING = web.AppKey("departing", set)
+HANDED_BACK = web.AppKey("handed_back", set)

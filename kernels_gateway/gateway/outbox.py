@@ -75,6 +75,9 @@ class Outbox:
         self._dropped_bytes += size
         self._reasons[reason] = None
 
+    def empty(self) -> bool:
+        return not self._queue and not self._dropped_count
+
     async def get(self) -> tuple[str, list[bytes]]:
         """The next message to send; a drop notice once all that came before the drop is sent. A
         backlog is handed out a batch per turn of the event loop, which a websocket that takes every

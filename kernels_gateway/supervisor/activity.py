@@ -2,8 +2,8 @@
 for clients that reconnect.
 
 One SUB socket per kernel. The supervisor never relays these messages live (workers have their own
-sockets); it keeps a bounded buffer so that a client reconnecting with the same session_id, through any
-worker, gets what it missed while away.
+sockets); it hands each to the kernel's replay (`replay.py`), so that a client reconnecting with the
+same session_id, through any worker, gets what it missed while away.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
+from .replay import Replay, ReplayLimits
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -39,11 +38,6 @@ STATUS_TYPE = b'"status"'
 BATCH_MESSAGES = 16
 BATCH_BYTES = 1 << 20
 BATCH_SECONDS = 0.0005
-# What Python spends on a buffered message besides its bytes (the list, the tuple, each part's object
-# header): counted against the replay budget, which for small messages would otherwise hold half again
-# as much memory as it says.
-MESSAGE_OVERHEAD = 200
-PART_OVERHEAD = 40
 # Requests that clients and the gateway send while a kernel runs a cell (control answers even then):
 # the busy/idle they cause says nothing about the kernel's work, as Jupyter Server also decided.
 UNTRACKED = frozenset({
@@ -95,28 +89,13 @@ def message_type(header: bytes, expected: bytes) -> str | None:
     return json.loads(header).get("msg_type") if expected in header else None
 
 
-def memory_cost(parts: list[bytes]) -> int:
-    """The memory a buffered message holds, as the replay budget counts it."""
-    return MESSAGE_OVERHEAD + sum(len(part) + PART_OVERHEAD for part in parts)
-
-
-@dataclass(frozen=True)
-class ReplayLimits:
-    max_bytes: int = 8 << 20
-    max_age: float = 120.0
-
-
 class IOPub:
     def __init__(self, kernel_id: str, limits: ReplayLimits):
         self.kernel_id = kernel_id
-        self.limits = limits
+        self.replay = Replay(limits)
         self.execution_state = "starting"
         self.last_activity = time.time()
         self.heard = asyncio.Event()  # set by every message: proof that the subscription is live
-        self._seq = 0
-        self._buffer: deque[tuple[int, float, list[bytes]]] = deque()
-        self._buffered_bytes = 0
-        self._departed: dict[str, tuple[str | None, int, float]] = {}
 
     async def watch(self, sub: zmq.asyncio.Socket) -> None:
         try:
@@ -141,10 +120,7 @@ class IOPub:
         self.last_activity = now
         if message_type(header, STATUS_TYPE) == "status":
             self._status(json.loads(parts[1]).get("msg_type"), json.loads(parts[3])["execution_state"])
-        self._seq += 1
-        self._buffer.append((self._seq, now, parts))
-        self._buffered_bytes += memory_cost(parts)
-        self._trim(now)
+        self.replay.heard(parts, now)
 
     def _status(self, parent_type: str | None, state: str) -> None:
         """A kernel's state follows the requests that do its work. The status of any other request
@@ -154,33 +130,3 @@ class IOPub:
             self.execution_state = state
         elif self.execution_state in ("starting", "unknown") and state != "starting":
             self.execution_state = "idle"
-
-    def _trim(self, now: float) -> None:
-        oldest = now - self.limits.max_age
-        while self._buffer and (self._buffered_bytes > self.limits.max_bytes or self._buffer[0][1] < oldest):
-            _, _, parts = self._buffer.popleft()
-            self._buffered_bytes -= memory_cost(parts)
-
-    # -- replay --------------------------------------------------------------------------------
-
-    def depart(self, session_id: str, last_msg_id: str | None) -> None:
-        """A client of this session went away, having last seen `last_msg_id` (None: unknown, as when
-        its worker died). Where that message sits is looked up on return: this SUB socket may not
-        have received it yet."""
-        self._departed[session_id] = (last_msg_id, self._seq, time.time())
-
-    def missed(self, session_id: str) -> list[list[bytes]]:
-        """What the session missed since it departed; each message is returned once."""
-        now = time.time()
-        self._trim(now)
-        self._departed = {s: d for s, d in self._departed.items() if d[2] > now - self.limits.max_age}
-        departed = self._departed.pop(session_id, None)
-        if departed is None:
-            return []
-        last_msg_id, after, _ = departed
-        if last_msg_id:
-            for number, _, parts in reversed(self._buffer):
-                if json.loads(parts[0]).get("msg_id") == last_msg_id:
-                    after = number
-                    break
-        return [parts for number, _, parts in self._buffer if number > after]

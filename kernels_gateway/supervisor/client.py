@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import wire
 from .errors import GatewayError, SupervisorUnavailable, from_wire
+from .replay import FIND_TIMEOUT
 
 log = logging.getLogger("kernels_gateway.client")
 
@@ -32,7 +32,9 @@ def deadlines(start_timeout: float, shutdown_wait: float) -> dict[str, float]:
     start = start_timeout + QUICK
     shutdown = 2 * shutdown_wait + QUICK
     return {"start": start, "shutdown": shutdown, "restart": start + shutdown,
-            "session_create": start + shutdown, "session_update": start + shutdown, "session_delete": shutdown}
+            "session_create": start + shutdown, "session_update": start + shutdown, "session_delete": shutdown,
+            # a returning session's position may take a moment to reach the supervisor's own iopub
+            "connection_opened": QUICK + FIND_TIMEOUT}
 
 
 class SupervisorClient:
@@ -46,8 +48,9 @@ class SupervisorClient:
         self._connect_lock = asyncio.Lock()
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
-        # Websockets this worker holds open, re-announced to a supervisor that was restarted.
-        self._opened: Counter[tuple[str, str]] = Counter()
+        # Websockets this worker holds open (connection id -> what announced it), announced again to a
+        # supervisor that was restarted or reconnected.
+        self._opened: dict[str, dict[str, Any]] = {}
         self._on_event: Callable[[dict], None] | None = None
 
     # -- operations ----------------------------------------------------------------------------
@@ -86,18 +89,31 @@ class SupervisorClient:
     async def connection_info(self, kernel_id: str) -> dict:
         return await self.request("connection_info", kernel_id=kernel_id)
 
-    async def connection_opened(self, kernel_id: str, session_id: str) -> list[list[bytes]]:
-        """Count a websocket in; the iopub messages (parts after the signature) its session missed."""
-        found = await self.request("connection_opened", kernel_id=kernel_id, session_id=session_id, replay=True)
-        self._opened[kernel_id, session_id] += 1
-        return [wire.unpack_parts(parts) for parts in found["missed"]]
+    async def connection_opened(self, kernel_id: str, session_id: str, connection: str,
+                                progress: dict | None = None) -> tuple[list[tuple[str, list[bytes]]], bool]:
+        """Count a websocket in. What its session missed, as (channel, parts after the signature), and
+        whether it is a session coming back (its replay must then be joined to the live output)."""
+        announce = {"kernel_id": kernel_id, "session_id": session_id, "connection": connection, "progress": progress}
+        found = await self.request("connection_opened", **announce, replay=True)
+        self._opened[connection] = announce
+        return [(channel, wire.unpack_parts(parts)) for channel, parts in found["missed"]], found["returning"]
 
-    async def connection_closed(self, kernel_id: str, session_id: str, last_msg_id: str | None) -> None:
-        if self._opened[kernel_id, session_id] > 0:
-            self._opened[kernel_id, session_id] -= 1
+    async def connection_closed(self, kernel_id: str, session_id: str, connection: str, last_msg_id: str | None) -> None:
+        self._opened.pop(connection, None)
         with contextlib.suppress(SupervisorUnavailable):
             await self.request("connection_closed", kernel_id=kernel_id, session_id=session_id,
-                               last_msg_id=last_msg_id)
+                               connection=connection, last_msg_id=last_msg_id)
+
+    async def replay_join(self, kernel_id: str, session_id: str, until: str) -> tuple[list[list[bytes]], str | None]:
+        """What lies between a returning session's replay and its first live message `until`; or the
+        msg_id up to which the live output repeats the replay."""
+        found = await self.request("replay_join", kernel_id=kernel_id, session_id=session_id, until=until)
+        return [wire.unpack_parts(parts) for parts in found["missed"]], found["skip_through"]
+
+    async def session_reply(self, kernel_id: str, session_id: str, channel: str, parts: list[bytes]) -> None:
+        """Hand over a reply that reached a websocket's sockets after the websocket closed."""
+        await self.request("session_reply", kernel_id=kernel_id, session_id=session_id, channel=channel,
+                           parts=wire.pack_parts(parts))
 
     async def follow(self, on_event: Callable[[dict], None], retry_every: float = 0.5) -> None:
         """Receive kernel state events for as long as this runs, reconnecting whenever the supervisor
@@ -172,9 +188,8 @@ class SupervisorClient:
         """Count this worker's open websockets in again, on a supervisor that may be a new one, before
         any other request goes out on this connection."""
         sent = [
-            (self._send(writer, "connection_opened", {"kernel_id": kernel_id, "session_id": session_id}), kernel_id)
-            for (kernel_id, session_id), count in self._opened.items()
-            for _ in range(count)
+            (self._send(writer, "connection_opened", announce), announce["kernel_id"])
+            for announce in self._opened.values()
         ]
         try:
             await writer.drain()

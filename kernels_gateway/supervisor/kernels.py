@@ -35,6 +35,7 @@ from .errors import BadRequest, KernelLimit, KernelNotFound, KernelSpecNotFound,
 from .pool import WarmPool
 from .process import AdoptedProcess, exited, start_time
 from .records import Records
+from .replay import Missed
 from .seed import Seed
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
@@ -311,7 +312,7 @@ class Kernels:
             shell.close()
 
     async def _watch_iopub(self, kernel: Kernel) -> None:
-        await kernel.iopub.watch(subscriber(self._zmq, kernel.connection_info()))
+        await kernel.iopub.watch(subscriber(self._zmq, kernel.connection_info(), rcvhwm=0))
 
     # -- death and automatic restart -----------------------------------------------------------
 
@@ -449,18 +450,26 @@ class Kernels:
 
     # -- connections and replay ----------------------------------------------------------------
 
-    def connection_opened(self, kernel_id: str, session_id: str | None = None) -> list[list[bytes]]:
+    @property
+    def zmq_context(self) -> zmq.asyncio.Context:
+        return self._zmq
+
+    async def connection_opened(self, kernel_id: str, session_id: str | None = None, connection: str = "",
+                                progress: Callable[[], str | None] | None = None, replay: bool = True) -> Missed:
         """Count a websocket in; what its session missed while away, if it was here before."""
         kernel = self.get(kernel_id)
         kernel.connections += 1
-        return kernel.iopub.missed(session_id) if session_id else []
+        if not session_id:
+            return Missed([], False)
+        return await kernel.iopub.replay.opened(session_id, connection, progress, replay)
 
-    def connection_closed(self, kernel_id: str, session_id: str | None = None, last_msg_id: str | None = None) -> None:
+    def connection_closed(self, kernel_id: str, session_id: str | None = None, connection: str = "",
+                          last_msg_id: str | None = None) -> None:
         kernel = self._kernels.get(kernel_id)
         if kernel:
             kernel.connections = max(0, kernel.connections - 1)
             if session_id:
-                kernel.iopub.depart(session_id, last_msg_id)
+                kernel.iopub.replay.closed(session_id, connection, last_msg_id)
 
     # -- culling -------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
 
 from ..config import Config, pool_sizes
 from ..systemd import Notifier
-from .activity import ReplayLimits
+from .replay import ReplayLimits
 from .client import SupervisorClient
 from .errors import GatewayError
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels

@@ -6,15 +6,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import struct
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import metrics, wire
+from . import metrics, progress, replies, wire
 from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
 from .kernels import Kernels, valid_kernel_id
 from .sessions import Sessions
@@ -23,6 +23,8 @@ log = logging.getLogger("kernels_gateway.supervisor")
 
 _PEERCRED = struct.Struct("3i")
 CLOSE_TIMEOUT = 2.0
+PROGRESS_FILE = re.compile(r"progress-[0-9]{1,10}")
+REPLY_CHANNELS = frozenset({"shell", "control", "stdin"})
 
 
 class Client:
@@ -31,17 +33,19 @@ class Client:
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
         self.write_lock = asyncio.Lock()
-        self.connections: Counter[tuple[str, str | None]] = Counter()  # (kernel_id, session_id)
+        # connection id -> kernel_id, session_id and what reads its progress (None: it publishes none)
+        self.connections: dict[str, tuple[str, str | None, Callable[[], tuple[str | None, int]] | None]] = {}
         self.requests: set[asyncio.Task] = set()
         self.subscribed = False
+        self.progress_files: set[Path] = set()
 
     async def send(self, body: dict[str, Any]) -> None:
         async with self.write_lock:
             await wire.write_frame(self.writer, body, wire.REPLY_LIMIT)
 
-    def push(self, event: dict[str, Any]) -> None:
+    def push(self, event: dict[str, Any], name: str = "kernel_state") -> None:
         """Send an event without waiting; the task is owned like a request's."""
-        task = asyncio.create_task(self.send({"event": "kernel_state", "data": event}))
+        task = asyncio.create_task(self.send({"event": name, "data": event}))
         self.requests.add(task)
         task.add_done_callback(self.requests.discard)
 
@@ -58,6 +62,7 @@ class SupervisorServer:
         self._handlers: set[asyncio.Task] = set()
         self.started = time.time()
         self.sessions = Sessions(kernels)
+        self._collectors: set[asyncio.Task] = set()  # replies for websockets of workers that died
         self.ops: dict[str, Op] = {
             "status": self.status,
             "ping": self.ping,
@@ -71,6 +76,8 @@ class SupervisorServer:
             "connection_info": self.connection_info,
             "connection_opened": self.connection_opened,
             "connection_closed": self.connection_closed,
+            "replay_join": self.replay_join,
+            "session_reply": self.session_reply,
             "subscribe": self.subscribe,
             "metrics": self.metrics,
             "relayed": self.relayed,
@@ -125,17 +132,77 @@ class SupervisorServer:
         return {"model": kernel.model(), "connection_info": kernel.connection_info()}
 
     async def connection_opened(self, args: dict, client: Client) -> dict:
-        """A websocket opened; with `replay`, the iopub messages its session missed while away."""
+        """A websocket opened; with `replay`, what its session missed while away (iopub output, then
+        replies that reached its departed connection), each as [channel, parts]. `progress` names the
+        worker's progress file and slot, read should the worker die with the websocket open."""
         kernel_id, session_id = valid_kernel_id(args.get("kernel_id")), _optional_str(args, "session_id")
-        missed = self.kernels.connection_opened(kernel_id, session_id)
-        client.connections[kernel_id, session_id] += 1
-        return {"missed": [wire.pack_parts(parts) for parts in missed] if args.get("replay") else []}
+        connection = _optional_str(args, "connection") or f"anonymous-{id(client)}-{len(client.connections)}"
+        read = self._progress(args.get("progress"), client)
+        missed = await self.kernels.connection_opened(kernel_id, session_id, connection,
+                                                      (lambda: read()[0]) if read else None, bool(args.get("replay")))
+        client.connections[connection] = (kernel_id, session_id, read)
+        return {"missed": [[channel, wire.pack_parts(parts)] for channel, parts in missed.messages],
+                "returning": missed.returning}
+
+    def _progress(self, found: Any, client: Client):
+        if not isinstance(found, dict):
+            return None
+        name, slot = found.get("file"), found.get("slot")
+        if not isinstance(name, str) or not PROGRESS_FILE.fullmatch(name) or not isinstance(slot, int) or slot < 0:
+            raise BadRequest("progress must name a progress file and a slot")
+        path = self.kernels.settings.runtime_dir / name
+        client.progress_files.add(path)
+        return lambda: progress.read(str(path), slot)
 
     async def connection_closed(self, args: dict, client: Client) -> None:
         kernel_id, session_id = valid_kernel_id(args.get("kernel_id")), _optional_str(args, "session_id")
-        if client.connections[kernel_id, session_id] > 0:
-            client.connections[kernel_id, session_id] -= 1
-            self.kernels.connection_closed(kernel_id, session_id, _optional_str(args, "last_msg_id"))
+        connection = _optional_str(args, "connection")
+        if client.connections.pop(connection, None) is not None:  # a worker says; its progress is not read
+            self.kernels.connection_closed(kernel_id, session_id, connection, _optional_str(args, "last_msg_id"))
+
+    async def replay_join(self, args: dict, client: Client) -> dict:
+        """Where a returning websocket's live output begins against its replay: the messages between
+        them, or the msg_id up to which the live output repeats the replay."""
+        kernel = self.kernels.get(args.get("kernel_id"))
+        session_id, until = _optional_str(args, "session_id"), _optional_str(args, "until")
+        if not session_id or not until:
+            raise BadRequest("session_id and until are required")
+        missed, skip_through = await kernel.iopub.replay.join(session_id, until)
+        return {"missed": [wire.pack_parts(parts) for parts in missed], "skip_through": skip_through}
+
+    async def session_reply(self, args: dict, client: Client) -> None:
+        """A reply that reached a websocket's connection after the websocket closed: kept for its
+        session's return, or handed at once to the worker where the session is connected again."""
+        kernel = self.kernels.get(args.get("kernel_id"))
+        session_id, channel = _optional_str(args, "session_id"), args.get("channel")
+        parts = args.get("parts")
+        if not session_id or channel not in REPLY_CHANNELS or not isinstance(parts, list):
+            raise BadRequest("session_id, a request channel and parts are required")
+        try:
+            unpacked = wire.unpack_parts(parts)
+        except (TypeError, ValueError):
+            raise BadRequest("parts must be base64 strings") from None
+        self._deliver_reply(kernel.id, session_id, channel, unpacked)
+
+    def _deliver_reply(self, kernel_id: str, session_id: str, channel: str, parts: list[bytes]) -> None:
+        kernel = self.kernels.get(kernel_id)
+        if kernel.iopub.replay.reply(session_id, channel, parts):
+            return
+        for other in self._clients:
+            if any(held[:2] == (kernel_id, session_id) for held in other.connections.values()):
+                other.push({"kernel_id": kernel_id, "session_id": session_id, "channel": channel,
+                            "parts": wire.pack_parts(parts)}, "session_reply")
+                return
+
+    async def _collect_replies(self, kernel_id: str, session_id: str, connection: str, requests: int) -> None:
+        """Replies for the websocket of a worker that died, from the kernel's sockets, under its identity."""
+        try:
+            kernel = self.kernels.get(kernel_id)
+            await replies.collect(self.kernels.zmq_context, kernel.connection_info(), connection.encode(), requests,
+                                  self.kernels.settings.replay.max_age,
+                                  lambda channel, parts: self._deliver_reply(kernel_id, session_id, channel, parts))
+        except GatewayError:
+            pass  # the kernel is gone, and its replies with it
 
     async def subscribe(self, args: dict, client: Client) -> None:
         """From now on, push this client every kernel state change it cannot see on iopub."""
@@ -184,6 +251,9 @@ class SupervisorServer:
 
     async def close(self) -> None:
         self.kernels.listeners.discard(self._broadcast)
+        for collector in self._collectors:
+            collector.cancel()
+        await asyncio.gather(*self._collectors, return_exceptions=True)
         if self._server:
             self._server.close()
         for client in list(self._clients):
@@ -223,10 +293,17 @@ class SupervisorServer:
             for task in list(client.requests):
                 task.cancel()
             await asyncio.gather(*client.requests, return_exceptions=True)
-            # A worker that went away took its websockets with it; their sessions may come back.
-            for (kernel_id, session_id), count in client.connections.items():
-                for _ in range(count):
-                    self.kernels.connection_closed(kernel_id, session_id)
+            # A worker that went away took its websockets with it; their sessions may come back, and
+            # their progress, published by the worker, says where they had read to.
+            for connection, (kernel_id, session_id, read) in client.connections.items():
+                last_msg_id, requests = read() if read else (None, 0)
+                self.kernels.connection_closed(kernel_id, session_id, connection, last_msg_id)
+                if requests and session_id:
+                    collector = asyncio.create_task(self._collect_replies(kernel_id, session_id, connection, requests))
+                    self._collectors.add(collector)
+                    collector.add_done_callback(self._collectors.discard)
+            for path in client.progress_files:
+                _remove_if_abandoned(path)
             self._clients.discard(client)
             writer.close()
             self._handlers.discard(handler)
@@ -261,6 +338,19 @@ def _optional_str(args: dict, name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BadRequest(f"{name} must be a string")
     return value
+
+
+def _remove_if_abandoned(path: Path) -> None:
+    """A worker's progress file, once read, if that worker is gone: its pid (in the name) names no
+    process, or one that has exited and awaits its parent (a zombie)."""
+    try:
+        state = Path(f"/proc/{int(path.name.rpartition('-')[2])}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "Z"
+    except (OSError, ValueError, IndexError):
+        return
+    if state in ("Z", "X"):
+        path.unlink(missing_ok=True)
 
 
 def _same_user(writer: asyncio.StreamWriter) -> bool:
