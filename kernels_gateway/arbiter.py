@@ -20,6 +20,7 @@ import uuid
 
 from .config import SUPERVISOR, WEB, Config
 from .gateway.server import serving_url, ssl_context
+from .supervisor.adoption import end_recorded_kernels
 from .supervisor.main import SECRET_ENV, SECRET_ENV_PREFIXES, prepare_runtime_dir
 from .systemd import Notifier
 
@@ -84,10 +85,10 @@ class Child:
         finally:
             exited.cancel()
 
-    async def stop(self, grace: float) -> None:
-        """SIGTERM, wait up to `grace` seconds, SIGKILL, reap."""
+    async def stop(self, grace: float) -> bool:
+        """SIGTERM, wait up to `grace` seconds, SIGKILL, reap; True if it had to be killed."""
         if self.process is None or self.process.returncode is not None:
-            return
+            return False
         self.process.terminate()
         try:
             await asyncio.wait_for(self.process.wait(), grace)
@@ -95,6 +96,8 @@ class Child:
             log.warning("%s did not stop within %g s; killing it", self.role, grace)
             self.process.kill()
             await self.process.wait()
+            return True
+        return False
 
 
 class Arbiter:
@@ -165,7 +168,9 @@ class Arbiter:
 
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop(STOP_GRACE[WEB]) for worker in self.workers))
-        await self.supervisor.stop(STOP_GRACE[SUPERVISOR] + self.config.shutdown_wait)
+        if await self.supervisor.stop(STOP_GRACE[SUPERVISOR] + self.config.shutdown_wait):
+            # It could not finish shutting its kernels down; they are left to us, and nobody adopts them.
+            end_recorded_kernels(self.config.runtime_dir)
         for listener in self.listeners:
             listener.close()
 

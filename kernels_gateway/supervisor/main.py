@@ -13,6 +13,7 @@ from ..config import Config, pool_sizes
 from ..systemd import Notifier
 from .activity import ReplayLimits
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
+from .records import own_directory
 from .server import SupervisorServer
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -51,8 +52,7 @@ def prepare_runtime_dir(config: Config) -> None:
             f"Runtime directory {config.runtime_dir} is too deep for Unix sockets "
             f"(paths are limited to {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir"
         )
-    config.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(config.runtime_dir, 0o700)
+    own_directory(config.runtime_dir)
 
 
 async def serve(config: Config) -> None:
