@@ -113,6 +113,36 @@ async def _other_than(runtime_dir: Path, pid: int) -> list[int] | None:
     return pids if pids and pid not in pids else None
 
 
+async def test_a_failed_restart_leaves_a_record_the_next_supervisor_starts_again(start_gateway, http, tmp_path):
+    broken = tmp_path / "broken"
+    write_kernelspec(tmp_path, "breakable", ["sh", "-c", f'test -e {broken} && exit 1; '
+                                             f'exec {sys.executable} -m ipykernel_launcher -f "$0"', "{connection_file}"])
+    env = {"JUPYTER_PATH": str(tmp_path)}
+    supervisor = await start_gateway("--kernel-name", "breakable", "--restart-limit", "1000", command=("supervisor",),
+                                     env=env, wait_for="Kernel started")
+    web = await start_gateway("--runtime-dir", str(supervisor.runtime_dir), command=("web",), env=env)
+    [kernel_id] = await listed_ids(http, web)
+    broken.touch()
+    os.kill(kernel_pids(supervisor.runtime_dir)[0], signal.SIGKILL)
+    await eventually(lambda: _logged(supervisor, "failed to restart"))
+    supervisor.process.kill()
+    supervisor.process.wait()
+    broken.unlink()
+
+    await restart_supervisor(supervisor)
+    assert await listed_ids(http, web) == {kernel_id}
+    sock = await KernelSocket.open(http, web, kernel_id)
+    _, stdout = await sock.execute("print('started again')")
+    assert stdout == "started again\n"
+    await sock.close()
+    assert await supervisor.stop() == 0
+    assert kernel_pids(supervisor.runtime_dir) == [] and leftovers(supervisor.runtime_dir) == []
+
+
+async def _logged(gw, text: str) -> bool:
+    return text in gw.log()
+
+
 @pytest.mark.timeout(300)
 async def test_sigterm_during_an_output_flood_of_20_kernels_leaves_no_kernel(start_gateway, http):
     gw = await start_gateway("--initial-kernels", "0", "--kernel-start-timeout", "120")

@@ -35,7 +35,7 @@ from .errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStart
 from .output import KernelOutput
 from .pool import WarmPool
 from .process import exited, kill_group, start_time
-from .records import RESTARTING, RUNNING, STARTING, Records
+from .records import DEAD, RESTARTING, RUNNING, STARTING, Records
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -319,6 +319,7 @@ class Kernels:
             kernel.reason = f"the kernel died {kernel.quick_deaths} times in a row within {self.settings.stable_after:g} s of starting"
             log.error("Kernel %s is dead: %s", kernel.id, kernel.reason)
             self._emit(kernel, execution_state="dead")
+            await self._keep_record(kernel, DEAD)
             return False
         log.warning("Kernel %s died; restarting it", kernel.id)
         kernel.iopub.execution_state = "restarting"

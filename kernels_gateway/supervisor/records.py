@@ -4,8 +4,8 @@ A record holds what jupyter_client needs to manage the kernel again (its name, i
 provisioner's own saved state) plus what only we know: the environment the start request asked for
 (to restart it faithfully), the process start time (so a recycled pid is never mistaken for it), and
 its state. A kernel is recorded `starting` before it is launched and `restarting` before a new process
-replaces its old one, so a supervisor that dies at any moment leaves a record of every process it
-launched.
+replaces its old one (and after a restart that failed), so a supervisor that dies at any moment leaves
+a record of every process it launched; `dead` once its restarts keep failing.
 
 Records are trusted only when they are ours: the runtime directory, its `kernels` folder and each record
 must be owned by the gateway's user and not be symbolic links, or a user who can plant a record could
@@ -24,7 +24,7 @@ from typing import Any
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
-STARTING, RUNNING, RESTARTING = "starting", "running", "restarting"
+STARTING, RUNNING, RESTARTING, DEAD = "starting", "running", "restarting", "dead"
 
 
 class UntrustedPath(RuntimeError):
