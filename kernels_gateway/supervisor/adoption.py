@@ -20,11 +20,11 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.provisioning import KernelProvisionerFactory, LocalProvisioner
 
 from .process import AdoptedProcess, kernel_process, kill_group, processes_naming
-from .records import RUNNING, Records
+from .records import KERNEL_ID, RUNNING, Records
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
-CONNECTION_FILE = re.compile(r"kernel-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.json")
+CONNECTION_FILE = re.compile(rf"kernel-({KERNEL_ID.pattern})\.json")
 
 
 def connection_file_of(record: dict[str, Any], runtime_dir: Path) -> Path | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import subprocess
 import time
 import uuid
@@ -35,7 +34,7 @@ from .errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStart
 from .output import KernelOutput
 from .pool import WarmPool
 from .process import exited, kill_group, start_time
-from .records import DEAD, RESTARTING, RUNNING, STARTING, Records
+from .records import DEAD, KERNEL_ID, RESTARTING, RUNNING, STARTING, Records
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -50,9 +49,6 @@ POLL_INTERVAL = 1.0  # for provisioners whose process we cannot watch through a 
 SHUTDOWN_MARGIN = 6.0
 # Every launch, restarts included (jupyter_client keeps the launch arguments), gets pipes for its output.
 OUTPUT_PIPES = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-# Kernel ids are the canonical form of a random UUID, and nothing else is ever looked up, logged or
-# turned into a path: whatever a client puts in a URL stops here.
-KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def valid_kernel_id(kernel_id: Any) -> str:

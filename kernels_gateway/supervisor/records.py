@@ -18,12 +18,16 @@ import contextlib
 import json
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
+# Kernel ids are the canonical form of a random UUID, and nothing else is ever looked up, logged or
+# turned into a path: whatever a client puts in a URL stops here.
+KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 STARTING, RUNNING, RESTARTING, DEAD = "starting", "running", "restarting", "dead"
 
 
