@@ -174,6 +174,17 @@ async def test_a_supervisor_killed_after_its_grace_has_its_kernels_ended_by_the_
     assert leftovers(gw.runtime_dir) == []
 
 
+async def test_a_supervisor_that_cannot_start_beside_another_leaves_its_kernels_alone(start_gateway):
+    first = await start_gateway(command=("supervisor",), wait_for="Kernel started")
+    pids = kernel_pids(first.runtime_dir)
+    second = await start_gateway("--runtime-dir", str(first.runtime_dir), command=("supervisor",),
+                                 wait_for="already listening")
+    assert second.process.wait(timeout=30) == 1
+    assert kernel_pids(first.runtime_dir) == pids and list((first.runtime_dir / "kernels").glob("*.json"))
+    assert await first.stop() == 0
+    assert kernel_pids(first.runtime_dir) == []
+
+
 async def test_adoption_then_clean_stop_leaves_no_connection_file(start_gateway, http):
     supervisor = await start_gateway(command=("supervisor",), wait_for="Kernel started")
     assert list(supervisor.runtime_dir.glob("kernel-*.json"))

@@ -567,7 +567,7 @@ class Kernels:
     # -- the end -------------------------------------------------------------------------------
 
     async def shutdown_all(self) -> None:
-        """Every kernel at once, each step on a deadline; then whatever a record still names is killed.
+        """Every kernel at once, each step on a deadline; then whatever a record of ours still names is killed.
         The supervisor stops listening to the kernels first, so no flood of output can slow this down."""
         kernels = self.list()
         for kernel in kernels:
@@ -581,7 +581,9 @@ class Kernels:
                 )
         except TimeoutError:
             log.error("Kernels did not all shut down within %g s; killing them", self.settings.shutdown_wait + SHUTDOWN_MARGIN)
-        adoption.end_recorded_kernels(self.settings.runtime_dir)
+        for kernel_id in list(self.records.ours):
+            if record := self.records.load(kernel_id):
+                adoption.end_kernel(self.records, record, self.settings.runtime_dir)
 
     def close(self) -> None:
         self._zmq.destroy(linger=0)

@@ -56,6 +56,9 @@ class Records:
         own_directory(runtime_dir)
         self.folder = runtime_dir / "kernels"
         own_directory(self.folder)
+        # The kernels this supervisor recorded or adopted: the only ones its stop may end. A supervisor
+        # that fails to start beside another must not touch the other's kernels.
+        self.ours: set[str] = set()
 
     def _path(self, kernel_id: str) -> Path:
         return self.folder / f"{kernel_id}.json"
@@ -73,13 +76,21 @@ class Records:
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
+        self.ours.add(kernel_id)
 
     def remove(self, kernel_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(kernel_id).unlink()
+        self.ours.discard(kernel_id)
+
+    def load(self, kernel_id: str) -> dict[str, Any] | None:
+        with contextlib.suppress(OSError, ValueError):
+            return self._load(self._path(kernel_id))
+        return None
 
     def load_all(self) -> list[dict[str, Any]]:
-        """Every readable record of ours; others are refused (logged, left alone, never acted on)."""
+        """Every readable record of ours, which this supervisor takes over; others are refused (logged,
+        left alone, never acted on). Only for the supervisor that owns the runtime dir."""
         records = []
         for path in sorted(self.folder.glob("*.json")):
             try:
@@ -93,6 +104,7 @@ class Records:
                 continue
             if isinstance(record, dict) and record.get("id") == path.stem:
                 records.append(record)
+                self.ours.add(path.stem)
             else:
                 log.warning("Kernel record %s names another kernel; removed", path)
                 path.unlink(missing_ok=True)
