@@ -100,11 +100,13 @@ class KernelConnection:
 
     def kernel_restarted(self, info: dict[str, Any]) -> None:
         """The kernel runs again, with new endpoints and key if a warm kernel took over. The sockets
-        are closed, to be opened anew on next use, even when the endpoints stayed: a socket that was
-        sending while the old process died may never hear from the new one, though ZMQ reconnects it.
-        Then the held frames go."""
-        self._close_sockets()
-        self._use(info)
+        of a websocket that saw the restart begin (it holds frames) are closed, to be opened anew on
+        next use, even when the endpoints stayed: a socket that was sending while the old process died
+        may never hear from the new one, though ZMQ reconnects it. A websocket that opened meanwhile
+        already talks to the new process. Then the held frames go."""
+        if self._held is not None or info != self._info:
+            self._close_sockets()
+            self._use(info)
         held, self._held = self._held or [], None
         for data in held:
             self._forward(data)

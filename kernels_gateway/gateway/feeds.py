@@ -132,12 +132,13 @@ class IOPubFeed:
                     subscriber.kernel_state(event.get("execution_state"))
                 continue
             info = event["connection_info"]
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._sub.close()
-            self._open(info)
-            self._reader = asyncio.create_task(self._read(), name=f"iopub-{self.kernel_id}")
-            await self._nudge()
+            async with self._started:  # websockets opening meanwhile wait for the new subscription
+                self._reader.cancel()
+                await asyncio.gather(self._reader, return_exceptions=True)
+                self._sub.close()
+                self._open(info)
+                self._reader = asyncio.create_task(self._read(), name=f"iopub-{self.kernel_id}")
+                await self._nudge()
             for subscriber in list(self.subscribers):
                 subscriber.kernel_restarted(info)
 
