@@ -51,6 +51,14 @@ class Config:
     port: int = _opt(8000, "port the gateway listens on", (WEB,), kg="KG_PORT")
     base_path: str = _opt("/", "path prefix of every route, such as /krn", (WEB,), kg="KG_BASE_URL")
     workers: int = _opt(1, "number of web worker processes (one-command mode)", ())
+    watchdog_timeout: float = _opt(
+        30.0, "seconds a worker or the supervisor may go without a watchdog ping before it is aborted and "
+        "restarted (one-command mode; 0: no watchdog)", (),
+    )
+    orphan_timeout: float = _opt(
+        60.0, "seconds the supervisor keeps its kernels after its kernels-gateway process dies, for the next "
+        "kernels-gateway on the same runtime directory to take over; then it shuts them down", (SUPERVISOR,),
+    )
     runtime_dir: Path = _opt(
         Path(jupyter_runtime_dir()) / "kernels-gateway",
         "folder for the supervisor's socket and the kernels' connection files and IPC sockets",
@@ -78,6 +86,12 @@ class Config:
     )
     list_kernels: bool = _opt(True, "answer GET /api/kernels (false: 403, Kernel Gateway's default)", (WEB,),
                               kg="KG_LIST_KERNELS")
+    trust_xheaders: bool = _opt(
+        False, "believe a reverse proxy's Forwarded and X-Forwarded-For, -Proto and -Host headers (the "
+        "client's address, the public scheme and host); only for a gateway that only the proxy can reach",
+        (WEB,), kg="KG_TRUST_XHEADERS",
+    )
+    sessions: bool = _opt(False, "serve Jupyter Server's sessions API, /api/sessions (Thebe needs it)", (WEB,))
     auth_token: str = _opt(
         "", "token every request must carry, as `Authorization: token T` or ?token=T (prefer the variable: "
         "a flag shows in ps)", (WEB,), kg="KG_AUTH_TOKEN", secret=True,
@@ -86,8 +100,8 @@ class Config:
         (), "comma-separated origins whose pages may use the gateway (CORS and the websocket's Origin check), "
         "or * for any", (WEB,), kg="KG_ALLOW_ORIGIN", parse=_csv,
     )
-    allow_credentials: bool = _opt(False, "CORS: let pages send cookies (Access-Control-Allow-Credentials)",
-                                   (WEB,), kg="KG_ALLOW_CREDENTIALS")
+    allow_credentials: bool = _opt(False, "CORS: let pages send cookies (Access-Control-Allow-Credentials); "
+                                   "not with --allow-origin '*'", (WEB,), kg="KG_ALLOW_CREDENTIALS")
     allow_headers: tuple[str, ...] = _opt(
         ("Authorization", "Content-Type"), "CORS: comma-separated request headers pages may send, or *",
         (WEB,), kg="KG_ALLOW_HEADERS", parse=_csv,
@@ -98,12 +112,20 @@ class Config:
                                            (WEB,), kg="KG_EXPOSE_HEADERS", parse=_csv)
     max_age: int = _opt(0, "CORS: seconds browsers may cache a preflight answer (0: not sent)", (WEB,),
                         kg="KG_MAX_AGE")
-    transport: str = _opt("ipc", "ZMQ transport between kernels and the gateway: ipc or tcp (loopback)",
-                          (SUPERVISOR,), choices=("ipc", "tcp"))
-    kernel_start_timeout: float = _opt(60.0, "seconds a kernel has to answer its first request", (SUPERVISOR,))
+    allow_host: tuple[str, ...] = _opt(
+        (), "comma-separated host names requests may be addressed to (the Host header), besides localhost and "
+        "loopback addresses, or * for any; checked only while listening on loopback alone (DNS rebinding)",
+        (WEB,), parse=_csv,
+    )
+    transport: str = _opt(
+        "ipc", "ZMQ transport between kernels and the gateway: ipc, or tcp on 127.0.0.1, where any local user "
+        "can subscribe to a kernel's iopub port and read its code and output (ZMQ PUB has no authentication)",
+        (SUPERVISOR,), choices=("ipc", "tcp"),
+    )
+    # Both halves: the web half waits that long for the supervisor's answer to a start or a shutdown.
+    kernel_start_timeout: float = _opt(60.0, "seconds a kernel has to answer its first request")
     shutdown_wait: float = _opt(
         5.0, "seconds a kernel has to exit after a shutdown request before it is terminated, then killed",
-        (SUPERVISOR,),
     )
     restart_limit: int = _opt(
         5, "restarts of a kernel that keeps dying within 10 s of starting before it is declared dead", (SUPERVISOR,)
@@ -114,6 +136,10 @@ class Config:
     cull_interval: float = _opt(300.0, "seconds between two checks for idle kernels", (SUPERVISOR,))
     cull_connected: bool = _opt(False, "cull idle kernels even when a websocket is connected", (SUPERVISOR,))
     cull_busy: bool = _opt(False, "cull kernels that are busy (idle means: no iopub message)", (SUPERVISOR,))
+    seed_uri: str = _opt(
+        "", "notebook (a path or an http(s) URL) whose code cells run in every new kernel of its language "
+        "before the kernel is handed out", (SUPERVISOR,), kg="KG_SEED_URI",
+    )
     pool: tuple[str, ...] = _opt(
         (), "warm kernels kept ready, as NAME=N (repeatable, or comma-separated); none for no pool "
         "(default: one of the default kernelspec)", (SUPERVISOR,), parse=_csv, repeat=True,
@@ -124,6 +150,14 @@ class Config:
     replay_age: float = _opt(120.0, "seconds that replayable iopub messages are kept", (SUPERVISOR,))
     max_body_size: int = _opt(1 << 20, "largest request body in bytes", (WEB,))
     max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
+    ws_ping_interval: float = _opt(
+        30.0, "seconds between pings on every websocket; one that does not answer in time is closed (0: no pings)",
+        (WEB,), kg="KG_WS_PING_INTERVAL_SECS",
+    )
+    idle_connection_timeout: float = _opt(
+        75.0, "seconds a connection may take to send a request's headers, or stay idle between two requests, "
+        "before it is closed", (WEB,),
+    )
     max_output_buffer: int = _opt(
         32 << 20, "kernel output in bytes waiting for one slow websocket before more is dropped (and the "
         "client told)", (WEB,)
@@ -138,6 +172,8 @@ class Config:
     log_format: str = _opt("text", "text, or json for one JSON object per line", choices=("text", "json"))
     # Set by the one-command arbiter for its workers: the inherited listening socket.
     fd: int = _opt(-1, "", (WEB,), flag=False)
+    # Set by the one-command arbiter for its supervisor: the process whose death orphans it.
+    arbiter_pid: int = _opt(0, "", (SUPERVISOR,), flag=False)
 
     @property
     def socket_path(self) -> Path:
@@ -209,7 +245,11 @@ def from_namespace(ns: argparse.Namespace, environ=os.environ) -> Config:
         choices = f.metadata.get("choices")
         if choices and values[f.name] not in choices:
             raise SystemExit(f"kernels-gateway: {name} must be one of {', '.join(choices)}")
-    return Config(**values)
+    config = Config(**values)
+    if config.allow_credentials and "*" in config.allow_origin:
+        raise SystemExit("kernels-gateway: --allow-credentials cannot go with --allow-origin '*': any page "
+                         "could then use the gateway with its visitors' credentials; list the origins instead")
+    return config
 
 
 def _flag(name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -29,8 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def kernel_pids(runtime_dir: Path) -> list[int]:
-    """Processes whose command line names a connection file in this runtime dir: our kernels."""
+def _pids_naming(text: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -39,9 +39,19 @@ def kernel_pids(runtime_dir: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if f"{runtime_dir}/kernel-" in cmdline:
+        if text in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+def kernel_pids(runtime_dir: Path) -> list[int]:
+    """Processes whose command line names a connection file in this runtime dir: our kernels."""
+    return _pids_naming(f"{runtime_dir}/kernel-")
+
+
+def half_pids(runtime_dir: Path) -> list[int]:
+    """Supervisors and workers on this runtime dir, whoever started them (an arbiter may be gone)."""
+    return _pids_naming(f"--runtime-dir {runtime_dir} ")
 
 
 async def eventually(check, timeout: float = 30, every: float = 0.1):
@@ -112,8 +122,10 @@ class Gateway:
             self.process.wait()
         if self.process:
             self.log_file.close()
-        for pid in kernel_pids(self.runtime_dir):
-            os.kill(pid, signal.SIGKILL)
+        for pid in half_pids(self.runtime_dir) + kernel_pids(self.runtime_dir):  # a supervisor restarts kernels
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)  # a stopped one would hold on to its signals
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.runtime_dir.parent, ignore_errors=True)
 
 

@@ -57,7 +57,7 @@ async def test_every_route_wants_the_token(secured_gateway, secured_kernel, http
         elif offered == "wrong query":
             params["token"] = "not-the-token"
         elif offered == "wrong scheme":
-            headers["Authorization"] = f"Bearer {gw.token}"  # not a scheme this gateway speaks: no token
+            headers["Authorization"] = f"Basic {gw.token}"  # not a scheme this gateway speaks: no token
         elif offered == "right token, longer":
             params["token"] = gw.token + "x"
         async with http.request(method, f"{gw.url}{path}", params=params, headers=headers) as r:
@@ -84,6 +84,10 @@ async def test_the_token_opens_every_route(secured_gateway, secured_kernel, http
         assert (await r.read()).startswith(b"\x89PNG")
     async with http.get(f"{gw.url}/api/kernels", headers={"Authorization": f"TOKEN  {gw.token}"}) as r:
         assert kernel_id in [k["id"] for k in await r.json()]
+    async with http.get(f"{gw.url}/api/kernels", headers={"Authorization": f"bearer {gw.token}"}) as r:
+        assert r.status == 200  # Jupyter Server's other scheme, which some clients send
+    async with http.get(f"{gw.url}/api/kernels", headers={"Authorization": "Bearer wrong"}) as r:
+        assert r.status == 403
     async with http.post(f"{gw.url}/api/kernels/{kernel_id}/interrupt", headers=gw.auth) as r:
         assert r.status == 204
     sock = await KernelSocket.open(http, gw, kernel_id, params={"token": gw.token})
@@ -218,3 +222,62 @@ async def test_unknown_kernel_ids_still_answer_401_first(secured_gateway, http):
     """Without a token nobody learns which kernels exist."""
     async with http.get(f"{secured_gateway.url}/api/kernels/{uuid.uuid4()}") as r:
         await assert_error(r, 401)
+
+
+async def test_a_token_in_the_referer_is_redacted_in_the_log(secured_gateway, http):
+    """A page opened as `page?token=T` sends that URL as the Referer of every request it makes."""
+    gw = secured_gateway
+    referer = f"http://127.0.0.1:{gw.page_port}/index.html?gateway=x&token={gw.token}"
+    async with http.get(f"{gw.url}/api/kernelspecs", headers={**gw.auth, "Referer": referer}) as r:
+        assert r.status == 200
+    expected = f"http://127.0.0.1:{gw.page_port}/index.html?gateway=x&token=redacted"
+    for _ in range(100):  # the access line is written just after the answer
+        if expected in gw.log():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail(f"no redacted Referer in the log:\n{gw.log()[-2000:]}")
+    assert gw.token not in gw.log()
+
+
+REBOUND = "rebound.example"
+
+
+@pytest.mark.parametrize("host", [REBOUND, f"{REBOUND}:8000", "127.0.0.1.nip.io", "[::2]:80"])
+async def test_a_rebound_host_is_refused_on_every_route(gateway, kernel, http, host):
+    """DNS rebinding: a page whose name now resolves to 127.0.0.1 reaches the port, but with its own
+    name in the Host header."""
+    for method, path, headers in every_route(kernel["id"]):
+        if method == "DELETE":
+            continue  # it would succeed below, for the kernel of the other checks
+        async with http.request(method, f"{gateway.url}{path}", headers={**headers, "Host": host}) as r:
+            assert r.status == 403, (method, path)
+            if method != "HEAD":
+                body = await r.json()
+                assert set(body) == {"message", "reason"} and "--allow-host" in body["message"]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await KernelSocket.open(http, gateway, kernel["id"], headers={"Host": host})
+    assert refused.value.status == 403
+    async with http.get(f"{gateway.url}/api/kernels/{kernel['id']}") as r:
+        assert r.status == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost:1", "LOCALHOST", "app.localhost", "[::1]:8000",
+                                  "127.1.2.3"])
+async def test_local_hosts_are_allowed(gateway, http, host):
+    async with http.get(f"{gateway.url}/api", headers={"Host": host}) as r:
+        assert r.status == 200
+
+
+async def test_allow_host_and_remote_listening(start_gateway, http):
+    named = await start_gateway("--initial-kernels", "0", "--allow-host", "gw.example.org,Other.Example")
+    for host, status in (("gw.example.org", 200), ("other.example:443", 200), ("gw.example.org.", 200),
+                         ("localhost", 200), (REBOUND, 403)):
+        async with http.get(f"{named.url}/api", headers={"Host": host}) as r:
+            assert r.status == status, host
+    anything = await start_gateway("--initial-kernels", "0", env={"KERNELS_GATEWAY_ALLOW_HOST": "*"})
+    # Listening beyond loopback, as Jupyter Server decides: remote clients use names of their own.
+    remote = await start_gateway("--initial-kernels", "0", "--ip", "0.0.0.0")
+    for gw in (anything, remote):
+        async with http.get(f"{gw.url}/api", headers={"Host": REBOUND}) as r:
+            assert r.status == 200

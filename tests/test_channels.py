@@ -203,7 +203,7 @@ async def test_bad_frames_are_dropped_and_the_connection_lives_on(kernel, connec
     bad_frames = [
         "not json",
         "[1, 2, 3]",
-        json.dumps({"header": {}, "content": {}}),  # no channel
+        json.dumps({"header": {}, "content": {}}),  # no channel (shell), but no msg_id
         json.dumps({**good, "channel": "nowhere"}),
         json.dumps({**good, "channel": "iopub"}),
         json.dumps({**good, "header": "string"}),

@@ -9,8 +9,11 @@ import signal
 import subprocess
 import sys
 
+import aiohttp
+
 from .conftest import eventually, free_port, kernel_pids
 from .kernel_client import KernelSocket
+from .test_process import children
 from .test_survival import json_of, start_kernel
 
 
@@ -63,6 +66,87 @@ async def test_log_level_warning_leaves_out_requests_and_events(start_gateway, h
     assert "Kernel shutdown" not in gw.log()
 
 
+async def test_a_closed_log_pipe_stops_nothing(http, tmp_path):
+    """`kernels-gateway | jq` where jq is gone: the gateway keeps serving, a kernel started afterwards
+    works (it would inherit the broken pipe), a worker killed meanwhile is replaced, and the stop is clean."""
+    port, runtime_dir = free_port(), tmp_path / "rt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kernels_gateway", "--port", str(port), "--runtime-dir", str(runtime_dir),
+         "--pool", "none", "--initial-kernels", "0", "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        seen = b""
+        async with asyncio.timeout(60):
+            while b"Serving at" not in seen:
+                chunk = await asyncio.to_thread(process.stdout.read1, 4096)
+                assert chunk, seen.decode()
+                seen += chunk
+        assert all(json.loads(line) for line in seen.splitlines())  # every line JSON, even at start-up
+        process.stdout.close()  # the reader is gone
+        for _ in range(20):  # each of these writes an access line into the closed pipe
+            async with http.get(f"{url}/api/kernels") as r:
+                assert r.status == 200
+        async with http.post(f"{url}/api/kernels", json={}) as r:
+            assert r.status == 201, await r.text()
+            kernel_id = (await r.json())["id"]
+        [worker] = [pid for pid, cmdline in children(process.pid).items() if " web " in cmdline]
+        os.kill(worker, signal.SIGKILL)  # the arbiter logs that, and starts another
+        gw = type("Address", (), {"ws_url": f"ws://127.0.0.1:{port}"})
+        sock = await eventually(lambda: _open(http, gw, kernel_id), timeout=60)
+        _, stdout = await sock.execute("print('despite the pipe')")
+        assert stdout == "despite the pipe\n"
+        await sock.close()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 40) == 0
+        assert kernel_pids(runtime_dir) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in kernel_pids(runtime_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def _open(http, gw, kernel_id: str):
+    try:
+        return await KernelSocket.open(http, gw, kernel_id)
+    except (aiohttp.ClientError, OSError):
+        return None
+
+
+async def test_json_logs_stay_json_through_bad_input_and_a_crash(start_gateway, http):
+    """No kernel (their own output is theirs): every line the gateway's processes write is JSON, the
+    refusals of bad input and the replacement of a killed worker included."""
+    gw = await start_gateway("--log-format", "json", "--initial-kernels", "0")
+    for raw in (b"EVIL\x01 / HTTP/1.1\r\n\r\n", b"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"x" * 10_000 + b"\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(raw)
+        await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+    async with http.post(f"{gw.url}/api/kernels", data="[" * 5000 + "]" * 5000) as r:
+        assert r.status == 400
+    async with http.get(f"{gw.url}/api", headers={"Host": "rebound.example"}) as r:
+        assert r.status == 403
+    [worker] = [pid for pid, cmdline in children(gw.process.pid).items() if " web " in cmdline]
+    os.kill(worker, signal.SIGKILL)
+    await eventually(lambda: _health(http, gw), timeout=60)
+    assert await gw.stop() == 0
+    lines = gw.log().splitlines()
+    assert len(lines) >= 5  # start-up, refusals, the restart, the stop
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+
+
+async def _health(http, gw) -> bool:
+    try:
+        async with http.get(f"{gw.url}/api/health") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
 async def test_kernel_output_is_logged_as_lines_of_its_kernel(start_gateway, http):
     gw = await start_gateway("--log-format", "json", "--initial-kernels", "0")
     kernel_id = await start_kernel(http, gw)
@@ -102,38 +186,6 @@ async def test_a_kernel_flooding_its_own_stdout_neither_starves_the_supervisor_n
     logged = gw.log().count(f"Kernel {kernel_id} stdout: yyyy")
     assert 0 < logged < lines // 10
     await sock.close()
-
-
-async def test_a_closed_log_stream_stops_neither_the_gateway_nor_its_kernels(http, tmp_path):
-    port, runtime_dir = free_port(), tmp_path / "rt"
-    read, write = os.pipe()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kernels_gateway", "--port", str(port), "--runtime-dir", str(runtime_dir),
-         "--pool", "none", "--initial-kernels", "0"], stdout=write, stderr=write)
-    os.close(write)
-    try:
-        seen = b""
-        async with asyncio.timeout(60):
-            while b"Serving at" not in seen:
-                seen += await asyncio.to_thread(os.read, read, 65536)
-        os.close(read)  # as when `| jq` dies
-        gw = type("Target", (), {"url": f"http://127.0.0.1:{port}", "ws_url": f"ws://127.0.0.1:{port}"})
-        kernel_id = await start_kernel(http, gw)
-        sock = await KernelSocket.open(http, gw, kernel_id)
-        _, stdout = await sock.execute("import sys; print('fine'); sys.__stderr__.write('to nobody\\n')")
-        assert stdout == "fine\n"
-        await sock.close()
-        status, kernels = await json_of(http, "GET", f"{gw.url}/api/kernels")
-        assert status == 200 and [k["id"] for k in kernels] == [kernel_id]
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(process.wait, 40) == 0
-        assert kernel_pids(runtime_dir) == []
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pid in kernel_pids(runtime_dir):
-            os.kill(pid, signal.SIGKILL)
 
 
 async def _logged(gw, text: str) -> bool:

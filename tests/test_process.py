@@ -124,8 +124,9 @@ async def test_kernels_use_ipc_not_tcp(gateway, http):
 async def test_second_supervisor_on_the_same_socket_is_refused(start_gateway):
     first = await start_gateway(command=("supervisor",), wait_for="Kernel started")
     second = await start_gateway("--runtime-dir", str(first.runtime_dir), command=("supervisor",),
-                                 wait_for="already listening")
+                                 wait_for="own --runtime-dir")
     assert second.process.wait(timeout=10) == 1
+    assert (first.runtime_dir / "supervisor.sock").exists()  # the refused one removed nothing of ours
     assert await first.stop() == 0
 
 

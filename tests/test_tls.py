@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import ssl
+import sys
 
 import aiohttp
 import pytest
@@ -73,3 +76,22 @@ async def test_a_certificate_that_cannot_be_loaded_stops_the_start(start_gateway
     assert gw.process.wait(timeout=30) == 1
     assert "Kernel started" not in gw.log()  # refused before any kernel was started
     assert kernel_pids(gw.runtime_dir) == []
+
+
+async def test_probe_speaks_tls_and_trusts_only_the_gateways_certificate(start_gateway, authority, tmp_path):
+    """The image's HEALTHCHECK: `kernels-gateway probe` with the same variables as the gateway."""
+    cert, key = authority.issue("server", server=True)
+    gw = await start_gateway("--certfile", str(cert), "--keyfile", str(key), "--initial-kernels", "0")
+    env = {**os.environ, "KERNELS_GATEWAY_PORT": str(gw.port), "KERNELS_GATEWAY_CERTFILE": str(cert),
+           "KERNELS_GATEWAY_KEYFILE": str(key)}
+    assert await probe(env) == 0
+    # Another certificate for the same name is not the gateway's.
+    (tmp_path / "other").mkdir()
+    impostor, _ = Authority(tmp_path / "other").issue("server", server=True)
+    assert await probe({**env, "KERNELS_GATEWAY_CERTFILE": str(impostor)}) == 1
+
+
+async def probe(env: dict[str, str]) -> int:
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "kernels_gateway", "probe", env=env,
+                                                   stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    return await asyncio.wait_for(process.wait(), 30)

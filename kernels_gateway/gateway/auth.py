@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from urllib.parse import urlsplit
+import ipaddress
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp_cors
 from aiohttp import hdrs, web, web_log
 
 from ..config import Config
+from .forwarded import client_address
 
 SCHEME = "token"
+# Jupyter Server accepts both (case-insensitive); Datalayer's jupyter-kernel-client sends Bearer.
+SCHEMES = frozenset({"token", "bearer"})
 
 
 def public(handler):
@@ -32,11 +36,12 @@ def _digest(token: str) -> bytes:
 
 
 def offered_token(request: web.Request) -> str | None:
-    """The token in `?token=` (all a browser's websocket can send) or in `Authorization: token T`."""
+    """The token in `?token=` (all a browser's websocket can send) or in `Authorization: token T`
+    (or `Bearer T`)."""
     if "token" in request.query:
         return request.query["token"]
     scheme, _, value = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    if scheme.lower() == SCHEME and value.strip():
+    if scheme.lower() in SCHEMES and value.strip():
         return value.strip()
     return None
 
@@ -73,6 +78,46 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
     return urlsplit(origin).netloc.lower() == request.host.lower()
 
 
+def local_only(listening: list[str]) -> bool:
+    """Whether every address the gateway listens on is a loopback one (or a Unix socket, reached only
+    through a local proxy): only then can a Host header tell a page of this machine from a rebound one,
+    as Jupyter Server decides for its `allow_remote_access`."""
+    def loopback(address: str) -> bool:
+        try:
+            return ipaddress.ip_address(address.split("%")[0]).is_loopback
+        except ValueError:
+            return address.startswith("/") or address == "localhost"  # a Unix socket path
+    return bool(listening) and all(loopback(address) for address in listening)
+
+
+def _local_host(host: str) -> bool:
+    """localhost and its subdomains (RFC 6761: never sent to DNS) and loopback addresses."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_checked(allowed: tuple[str, ...]):
+    """Refuse requests addressed to a name that is not this machine's (DNS rebinding: a page whose name
+    now resolves to 127.0.0.1 would otherwise reach the kernels). `request.host` is the host the request
+    was made to, as the forwarded-header handling (if any) leaves it."""
+    names = {name.lower().rstrip(".") for name in allowed}
+
+    @web.middleware
+    async def check_host(request: web.Request, handler) -> web.StreamResponse:
+        # A request without a Host header comes from no browser, which always sends one.
+        if hdrs.HOST in request.headers:
+            host = (urlsplit(f"//{request.host}").hostname or "").rstrip(".")
+            if not (_local_host(host) or host in names):
+                raise web.HTTPForbidden(text=f"Host {request.host[:200]} is not allowed (--allow-host)")
+        return await handler(request)
+
+    return check_host
+
+
 def setup_cors(app: web.Application, config: Config) -> None:
     """CORS for every route, for the --allow-origin pages; without origins, no CORS at all."""
     if not config.allow_origin:
@@ -93,19 +138,42 @@ def setup_cors(app: web.Application, config: Config) -> None:
         cors.add(resource)
 
 
+REDACTED = "redacted"
+
+
+def redact_url(url: str) -> str:
+    """A URL with the value of its `token` query parameters replaced, for logs."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(name == "token" for name, _ in query):
+        return url
+    masked = urlencode([(name, REDACTED if name == "token" else value) for name, value in query], safe="/:")
+    return parts._replace(query=masked).geturl()
+
+
 class AccessLogger(web_log.AccessLogger):
-    """aiohttp's access log, with the value of a `?token=` query masked."""
+    """aiohttp's access log, with the value of a `?token=` query masked, in the request's URL and in the
+    page's (Referer), where a browser puts the URL of a page opened with `?token=`; and the client's
+    address as a trusted proxy forwarded it (--trust-xheaders)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        super().log(_TokenMasked(request) if "token" in request.query else request, response, time)
+        super().log(_AsLogged(request), response, time)
 
 
-class _TokenMasked:
-    """A finished request as the access log reads it, with `token=redacted` in its query."""
+class _AsLogged:
+    """A finished request as the access log reads it: `token=redacted` in its query and Referer, and the
+    client's address."""
 
     def __init__(self, request: web.BaseRequest):
         self._request = request
-        self.path_qs = str(request.rel_url.update_query(token="redacted"))
+        self.path_qs = str(request.rel_url.update_query(token=REDACTED)) if "token" in request.query \
+            else request.path_qs
+        self.remote = client_address(request)
+        self.headers = request.headers
+        referer = request.headers.get(hdrs.REFERER)
+        if referer and redact_url(referer) != referer:
+            self.headers = request.headers.copy()
+            self.headers[hdrs.REFERER] = redact_url(referer)
 
     def __getattr__(self, name: str):
         return getattr(self._request, name)

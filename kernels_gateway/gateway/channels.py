@@ -14,11 +14,13 @@ import zmq.asyncio
 from aiohttp import WSCloseCode, WSMsgType, web
 from jupyter_client.session import Session
 
+from ..supervisor.errors import OutOfFiles
 from ..supervisor.wire import kernel_url
 from .auth import origin_allowed
 from .feeds import IOPubFeed, message_body
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
 from .keys import CONFIG, FEEDS, SUPERVISOR, ZMQ_CONTEXT
+from .limits import check_open_files, files_in_use, is_out_of_files, out_of_files
 from .metrics import RELAYED, TO_CLIENT, TO_KERNEL, RelayCounts
 from .outbox import Outbox
 
@@ -62,7 +64,13 @@ class KernelConnection:
         if channel not in self._sockets:
             # stdin opens with shell: the kernel's input_request for a shell request must find it there.
             for opening in ("shell", "stdin") if channel in ("shell", "stdin") else (channel,):
-                sock = self._sockets[opening] = self._context.socket(zmq.DEALER)
+                try:
+                    sock = self._sockets[opening] = self._context.socket(zmq.DEALER)
+                except zmq.ZMQError as e:
+                    if not is_out_of_files(e):
+                        raise
+                    self._close_sockets()  # opened on next use, when descriptors are free again
+                    raise OutOfFiles("the gateway is out of file descriptors") from None
                 sock.linger = 0
                 sock.identity = self._identity
                 sock.connect(kernel_url(self._info, opening))
@@ -108,8 +116,12 @@ class KernelConnection:
             self._close_sockets()
             self._use(info)
         held, self._held = self._held or [], None
-        for data in held:
-            self._forward(data)
+        for i, data in enumerate(held):
+            try:
+                self._forward(data)
+            except OutOfFiles:
+                out_of_files.warning(*files_in_use(), f"{len(held) - i} frames held for kernel {self.kernel_id} dropped")
+                return
 
     async def replay(self, missed: list[list[bytes]]) -> None:
         """Send what the client's session missed while away, before anything live."""
@@ -167,6 +179,10 @@ class KernelConnection:
                     self._held.append(message.data)
                 else:
                     self._drop(f"the kernel is restarting and {MAX_HELD} frames wait already")
+        except OutOfFiles:
+            # No socket to the kernel can be opened: the client is told to come back (1013), not left waiting.
+            out_of_files.warning(*files_in_use(), f"closing a websocket on kernel {self.kernel_id}")
+            await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"out of file descriptors")
         finally:
             if self._dropped > LOGGED_DROPS:
                 log.warning("Kernel %s: %d websocket frames dropped on one connection", self.kernel_id, self._dropped)
@@ -220,13 +236,15 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     kernel_id = request.match_info["kernel_id"]
     session_id = request.query.get("session_id") or uuid.uuid4().hex
     supervisor = request.app[SUPERVISOR]
-    ws = web.WebSocketResponse(
-        protocols=(V1_PROTOCOL,), max_msg_size=request.app[CONFIG].max_message_size, heartbeat=30.0
-    )
+    config = request.app[CONFIG]
+    # aiohttp pings every interval and closes a websocket whose pong does not come within half of it.
+    ws = web.WebSocketResponse(protocols=(V1_PROTOCOL,), max_msg_size=config.max_message_size,
+                               heartbeat=config.ws_ping_interval or None)
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a websocket upgrade")
-    if not origin_allowed(request, request.app[CONFIG].allow_origin):
+    if not origin_allowed(request, config.allow_origin):
         raise web.HTTPForbidden(text=f"Origin {request.headers['Origin'][:200]} is not allowed (--allow-origin)")
+    check_open_files()  # refused while plain HTTP still can be: before the upgrade
     found = await supervisor.connection_info(kernel_id)  # an unknown kernel is a 404 before the upgrade
     info = found["connection_info"]
     feeds = request.app[FEEDS]

@@ -7,6 +7,8 @@ from http import HTTPStatus
 
 from aiohttp import web
 
+from .limits import files_in_use, is_out_of_files, out_of_files
+
 from ..supervisor.errors import (
     BadRequest,
     GatewayError,
@@ -15,6 +17,8 @@ from ..supervisor.errors import (
     KernelNotFound,
     KernelSpecNotFound,
     KernelStartFailed,
+    OutOfFiles,
+    SessionNotFound,
     SupervisorUnavailable,
 )
 
@@ -25,9 +29,11 @@ STATUS: dict[type[GatewayError], int] = {
     KernelLimit: 403,
     KernelNotFound: 404,
     KernelSpecNotFound: 404,
+    SessionNotFound: 404,
     KernelBusy: 409,
     KernelStartFailed: 500,
     SupervisorUnavailable: 503,
+    OutOfFiles: 503,
 }
 
 
@@ -41,13 +47,22 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as e:
-        return error_response(STATUS.get(type(e), 500), e.message)
+        response = error_response(STATUS.get(type(e), 500), e.message)
+        if isinstance(e, OutOfFiles):
+            response.force_close()  # a connection kept alive would hold the descriptor it lacks
+        return response
     except web.HTTPException as e:
         if e.status < 400:
             raise
         headers = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
         message = e.text if e.text and e.text != f"{e.status}: {e.reason}" else e.reason
         return error_response(e.status, message, headers)
-    except Exception:
+    except Exception as e:
+        if is_out_of_files(e):  # a ZMQ socket that could not be created
+            out_of_files.warning(*files_in_use(), f"{request.method} {request.path} refused")
+            response = error_response(503, "The gateway is out of file descriptors; try again later")
+            response.force_close()
+            return response
         log.exception("Unhandled error in %s %s", request.method, request.path)
         return error_response(500, "Internal server error")
+

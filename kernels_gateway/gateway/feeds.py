@@ -3,7 +3,8 @@
 iopub is a broadcast, so a socket per websocket would only multiply memory (a ZMQ socket costs tens of
 KiB) and the kernel's fan-out. The feed reads the kernel's iopub as fast as it arrives and hands each
 message to every subscribed websocket's outbox; it also carries the kernel events the supervisor
-pushes (restarting, dead, restarted) to those websockets, and follows a restarted kernel.
+pushes (restarting, dead, restarted) to those websockets, and follows a restarted kernel, which it then
+has say that it is idle in a way every client believes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ NUDGE_TIMEOUT = 10.0
 # A kernel that greets subscriptions does so within a millisecond or two; past this, it is asked.
 WELCOME_WAIT = 0.05
 WELCOME_TYPE = f'"{WELCOME}"'.encode()
+# Seconds ZMQ may take to deliver the request for a tracked status after a restart.
+TRACKED_STATUS_LINGER = 1.0
 
 
 def message_body(parts: list[bytes]) -> list[bytes] | None:
@@ -141,6 +144,24 @@ class IOPubFeed:
                 await self._nudge()
             for subscriber in list(self.subscribers):
                 subscriber.kernel_restarted(info)
+            self._ask_for_a_tracked_status()
+
+    def _ask_for_a_tracked_status(self) -> None:
+        """After a restart, make the new process publish busy then idle for a request clients track.
+
+        A restarted kernel's last state that clients such as JupyterLab believe is its own `starting`:
+        they ignore the busy/idle around kernel_info and debug requests (Jupyter Server's untracked
+        message types), which is all they see next, so JupyterLab would show "Starting" until the next
+        cell; Jupyter Server leaves its clients there too. An is_complete_request is tracked and costs
+        the kernel nothing. It is sent once the frames held for the new process are on their way, on a
+        throwaway socket so that its reply reaches no client; the linger lets ZMQ send it after the
+        socket is closed.
+        """
+        probe = self._context.socket(zmq.DEALER)
+        probe.linger = int(TRACKED_STATUS_LINGER * 1000)
+        probe.connect(kernel_url(self.info, "shell"))
+        self.session.send(probe, "is_complete_request", {"code": ""})
+        probe.close()
 
     async def close(self) -> None:
         tasks = [task for task in (self._reader, self._follower) if task]

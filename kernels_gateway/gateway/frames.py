@@ -8,7 +8,7 @@ A kernel message on ZMQ, after the `<IDS|MSG>` delimiter and the signature, is
     | n | offset_0 ... offset_{n-1} | channel | header | parent | metadata | content | buffer... |
     offset_0 = 8 * (n + 1) is where the channel starts; offset_{i+1} is where part i ends.
 
-Legacy, no subprotocol: a text frame holding one JSON object with a `channel` key, or, when the
+Legacy, no subprotocol: a text frame holding one JSON object with a `channel` key (none: shell), or, when the
 message has buffers, a binary frame (all integers u32 big endian; accepted in a text frame too, since
 that is how Jupyter Server's gateway client relays it)::
 
@@ -80,9 +80,13 @@ def decode_legacy(frame: str | bytes) -> tuple[str, dict[str, Any]]:
         ends = offsets[1:] + [len(frame)]
         message = _json_object(frame[offsets[0] : ends[0]])
         buffers = [frame[a:b] for a, b in zip(offsets[1:], ends[1:])]
+    # A message without a channel is meant for shell, as Jupyter Server and Kernel Gateway take it:
+    # Jupyter Server's own gateway client (nbclient, papermill, Voila through it) sends them so.
     channel = message.pop("channel", None)
+    if channel is None:
+        channel = "shell"
     if not isinstance(channel, str):
-        raise FrameError("message has no channel")
+        raise FrameError("channel must be a string")
     for key in ("header", "parent_header", "metadata", "content"):
         if message.get(key) is None:
             message[key] = {}

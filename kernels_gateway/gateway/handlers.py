@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .keys import API_SPEC, CONFIG, SUPERVISOR
 
 HEALTH_TIMEOUT = 5.0
 SPEC_SERVERS = "servers:\n  - url: /\n"
+SPEC_SCHEMAS = "# components/schemas:\n"
 
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
 
@@ -44,11 +46,39 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__})
 
 
-def api_description(base: str) -> str:
-    """The packaged OpenAPI document, with the base path as its server URL."""
+def api_description(base: str, with_sessions: bool = False) -> str:
+    """The packaged OpenAPI document, with the base path as its server URL (and the sessions API when
+    it is served)."""
     text = (resources.files(__package__) / "spec.yaml").read_text()
     assert SPEC_SERVERS in text, "spec.yaml must keep its placeholder server URL"
+    if with_sessions:
+        paths, schemas = (resources.files(__package__) / "spec_sessions.yaml").read_text().split(SPEC_SCHEMAS)
+        text = text.replace("\npaths:\n", f"\npaths:\n{paths.split(chr(10), 1)[1]}", 1)
+        text = text.replace("\n  schemas:\n", f"\n  schemas:\n{schemas}", 1)
     return text.replace(SPEC_SERVERS, f"servers:\n  - url: {json.dumps(base or '/')}\n", 1)
+
+
+def _iso(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def api_status(request: web.Request) -> web.Response:
+    """Jupyter Server's /api/status (Thebe asks it first): since when the gateway runs, its last
+    kernel activity, its kernels and their websockets."""
+    status = await request.app[SUPERVISOR].status()
+    return web.json_response({**status, "started": _iso(status["started"]),
+                              "last_activity": _iso(status["last_activity"])})
+
+
+async def unknown_route(request: web.Request) -> web.Response:
+    """What no other route serves: 405 where a route has the path but not the method, else 404. A route
+    of its own, rather than the router's answer, so that CORS headers reach the page here too."""
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            _, allowed = await resource.resolve(request)
+            if allowed:
+                raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 async def api_spec(request: web.Request) -> web.Response:
@@ -75,7 +105,10 @@ async def list_kernelspecs(request: web.Request) -> web.Response:
 
 
 async def _kernelspec(request: web.Request) -> dict[str, Any]:
-    name = request.match_info["name"]
+    # Kernelspec names are case-insensitive: jupyter_client lists and finds them in lower case. A `+`
+    # is a space, as Jupyter Server and Kernel Gateway decode it: Jupyter Server's gateway client
+    # sends "sample 2" as sample+2 (and `+` is no character of a valid kernelspec name).
+    name = request.match_info["name"].replace("+", " ").lower()
     found = await request.app[SUPERVISOR].kernelspecs()
     try:
         return found["kernelspecs"][name]
@@ -113,7 +146,7 @@ async def list_kernels(request: web.Request) -> web.Response:
 
 
 async def start_kernel(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     name, env = body.get("name"), body.get("env")
     if name is not None and not isinstance(name, str):
         raise BadRequest("name must be a string")
@@ -142,7 +175,7 @@ async def restart_kernel(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SUPERVISOR].restart(request.match_info["kernel_id"]))
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; an empty body counts as {}."""
     raw = await request.read()
     if not raw.strip():
@@ -151,6 +184,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"Request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("Request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object")
     return body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import socket
@@ -14,6 +15,8 @@ from ..config import Config
 from ..systemd import Notifier, listen_sockets
 from .app import make_app
 from .auth import AccessLogger
+from .limits import accept_errors
+from .protocol import GatewayRunner
 
 log = logging.getLogger("kernels_gateway.web")
 
@@ -22,10 +25,16 @@ SHUTDOWN_TIMEOUT = 5.0
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{Referer}i" "%{User-Agent}i"'
 
 
-def serving_url(config: Config) -> str:
-    host = f"[{config.ip}]" if ":" in config.ip else config.ip
+def serving_url(config: Config, host: str | None = None, port: int | None = None, path: str = "/api/kernels") -> str:
+    """The URL of `path` on this gateway, at --ip and --port unless told another address."""
+    host = config.ip if host is None else host
+    host = f"[{host}]" if ":" in host else host
     scheme = "https" if config.certfile else "http"
-    return f"{scheme}://{host}:{config.port}{config.base}/api/kernels"
+    return f"{scheme}://{host}:{config.port if port is None else port}{config.base}{path}"
+
+
+def address_in_use(config: Config) -> RuntimeError:
+    return RuntimeError(f"Cannot listen on {config.ip}:{config.port}: address already in use")
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -51,20 +60,31 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
 
 async def serve(config: Config) -> None:
     tls = ssl_context(config)
-    runner = web.AppRunner(make_app(config), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
-                           access_log_class=AccessLogger, access_log_format=ACCESS_LOG_FORMAT)
-    await runner.setup()
-    sites = _sites(runner, config, tls)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(accept_errors)
+    inherited = _inherited_sockets(config)
+    listening = [_address(sock) for sock in inherited] or [config.ip]
+    runner = GatewayRunner(make_app(config, listening), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           access_log_class=AccessLogger, access_log_format=ACCESS_LOG_FORMAT,
+                           keepalive_timeout=config.idle_connection_timeout)
+    await runner.setup()
+    sites = [web.SockSite(runner, sock, ssl_context=tls) for sock in inherited] \
+        or [web.TCPSite(runner, config.ip, config.port, ssl_context=tls)]
+    stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with Notifier() as notifier:
         try:
             for site in sites:
-                await site.start()
-                if config.fd < 0:  # the arbiter logs the address of the socket it shares
-                    log.info("Serving at %s%s/api/kernels", site.name, config.base)
+                try:
+                    await site.start()
+                except OSError as e:
+                    if e.errno == errno.EADDRINUSE:
+                        raise address_in_use(config) from None
+                    raise
+            if config.fd < 0:  # the arbiter logs the address of the socket it shares
+                for address in inherited or [None]:
+                    log.info("Serving at %s", _site_url(config, address))
             notifier.ready()
             await stop.wait()
         finally:
@@ -72,12 +92,26 @@ async def serve(config: Config) -> None:
             await runner.cleanup()
 
 
-def _sites(runner: web.AppRunner, config: Config, tls: ssl.SSLContext | None) -> list[web.BaseSite]:
-    """Where to listen: the socket the arbiter shares with every worker, the sockets the service manager
-    handed over (socket activation), or else a socket of our own on --ip and --port."""
+def _inherited_sockets(config: Config) -> list[socket.socket]:
+    """The socket the arbiter shares with every worker, or the sockets the service manager handed
+    over (socket activation); none when the worker listens on --ip and --port itself."""
     if config.fd >= 0:
-        return [web.SockSite(runner, socket.socket(fileno=config.fd), ssl_context=tls)]
-    activated = listen_sockets()
-    if activated:
-        return [web.SockSite(runner, sock, ssl_context=tls) for sock in activated]
-    return [web.TCPSite(runner, config.ip, config.port, ssl_context=tls)]
+        return [socket.socket(fileno=config.fd)]
+    return listen_sockets()
+
+
+def _address(sock: socket.socket) -> str:
+    """Where a socket listens: an IP address, or a Unix socket's path."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return name if isinstance(name, str) and name else "/"  # abstract and unnamed sockets are local too
+    return name[0]
+
+
+def _site_url(config: Config, sock: socket.socket | None) -> str:
+    if sock is None:
+        return serving_url(config)
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{_address(sock)}{config.base}/api/kernels"
+    host, port = sock.getsockname()[:2]
+    return serving_url(config, host, port)

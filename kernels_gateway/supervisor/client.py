@@ -1,4 +1,8 @@
-"""What a gateway worker uses to talk to the supervisor: one multiplexed connection, rebuilt on demand."""
+"""What a gateway worker uses to talk to the supervisor: one multiplexed connection, rebuilt on demand.
+
+Every request has a deadline, so a supervisor that hangs (stopped, or its event loop stuck) costs a
+prompt SupervisorUnavailable, which the gateway answers with 503, rather than a request that never ends.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from . import wire
-from .errors import SupervisorUnavailable, from_wire
+from .errors import GatewayError, SupervisorUnavailable, from_wire
 
 log = logging.getLogger("kernels_gateway.client")
 
+# Seconds for what the supervisor answers at once, from what it holds (get, list, interrupt, ping...).
+QUICK = 5.0
+
+
+def deadlines(start_timeout: float, shutdown_wait: float) -> dict[str, float]:
+    """The one table of how long an operation may take before the supervisor counts as unreachable;
+    QUICK for any other. A start waits for the kernel's start timeout; a shutdown for its shutdown
+    request, then SIGTERM, then SIGKILL; a restart for both."""
+    start = start_timeout + QUICK
+    shutdown = 2 * shutdown_wait + QUICK
+    return {"start": start, "shutdown": shutdown, "restart": start + shutdown}
+
 
 class SupervisorClient:
-    def __init__(self, socket_path: Path, retry_for: float = 2.0):
+    def __init__(self, socket_path: Path, start_timeout: float = 60.0, shutdown_wait: float = 5.0,
+                 retry_for: float = 2.0):
         self.socket_path = socket_path
+        self.deadlines = deadlines(start_timeout, shutdown_wait)
         self.retry_for = retry_for
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
@@ -34,6 +52,13 @@ class SupervisorClient:
 
     async def ping(self) -> dict:
         return await self.request("ping")
+
+    async def status(self) -> dict:
+        return await self.request("status")
+
+    async def session(self, op: str, **args: Any) -> Any:
+        """A sessions operation (create, list, get, update, delete): see supervisor/sessions.py."""
+        return await self.request(f"session_{op}", **args)
 
     async def kernelspecs(self) -> dict:
         return await self.request("kernelspecs")
@@ -92,27 +117,37 @@ class SupervisorClient:
     # -- the connection ------------------------------------------------------------------------
 
     async def request(self, op: str, **args: Any) -> Any:
-        writer = await self._connect()
+        timeout = self.deadlines.get(op, QUICK)
+        try:
+            async with asyncio.timeout(timeout):
+                writer = await self._connect()
+                request_id, reply = self._send(writer, op, args)
+                try:
+                    await writer.drain()
+                    body = await reply
+                finally:
+                    self._pending.pop(request_id, None)
+        except TimeoutError:
+            raise self._unavailable(f"no answer to {op} within {timeout:g} s") from None
+        except ConnectionError:
+            raise self._unavailable("lost the connection") from None
+        return _result(body)
+
+    def _send(self, writer: asyncio.StreamWriter, op: str, args: dict[str, Any]) -> tuple[int, asyncio.Future]:
+        """Write one request; its reply arrives on the future (the caller pops it from _pending)."""
         request_id = next(self._ids)
         reply = asyncio.get_running_loop().create_future()
         self._pending[request_id] = reply
-        try:
-            writer.write(wire.encode({"id": request_id, "op": op, "args": args}))
-            await writer.drain()
-            body = await reply
-        except ConnectionError:
-            raise self._unavailable("lost the connection") from None
-        finally:
-            self._pending.pop(request_id, None)
-        if "error" in body:
-            error = body["error"]
-            raise from_wire(error.get("code", "error"), error.get("message", "supervisor error"))
-        return body.get("result")
+        writer.write(wire.encode({"id": request_id, "op": op, "args": args}))
+        return request_id, reply
 
     async def _connect(self) -> asyncio.StreamWriter:
         async with self._connect_lock:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
+            if self._reader_task is not None:  # the broken connection's reader ends with it
+                await asyncio.gather(self._reader_task, return_exceptions=True)
+                self._reader_task = None
             deadline = asyncio.get_running_loop().time() + self.retry_for
             delay = 0.05
             while True:
@@ -126,11 +161,30 @@ class SupervisorClient:
                     delay = min(delay * 2, 0.5)
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_replies(reader, writer), name="supervisor-replies")
-            for (kernel_id, session_id), count in self._opened.items():
-                announce = {"kernel_id": kernel_id, "session_id": session_id}
-                for _ in range(count):
-                    writer.write(wire.encode({"id": next(self._ids), "op": "connection_opened", "args": announce}))
+            await self._announce(writer)
+            if writer.is_closing():
+                raise self._unavailable("lost the connection")
             return writer
+
+    async def _announce(self, writer: asyncio.StreamWriter) -> None:
+        """Count this worker's open websockets in again, on a supervisor that may be a new one, before
+        any other request goes out on this connection."""
+        sent = [
+            (self._send(writer, "connection_opened", {"kernel_id": kernel_id, "session_id": session_id}), kernel_id)
+            for (kernel_id, session_id), count in self._opened.items()
+            for _ in range(count)
+        ]
+        try:
+            await writer.drain()
+            replies = await asyncio.gather(*(reply for (_, reply), _ in sent), return_exceptions=True)
+        finally:
+            for (request_id, _), _ in sent:
+                self._pending.pop(request_id, None)
+        for reply, (_, kernel_id) in zip(replies, sent):
+            try:
+                _result(reply)
+            except GatewayError as e:
+                log.warning("A websocket on kernel %s could not be counted in again: %s", kernel_id, e.message)
 
     async def _read_replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -146,7 +200,8 @@ class SupervisorClient:
             log.warning("Supervisor connection broke: %s", e)
         finally:
             writer.close()
-            self._writer = None
+            if self._writer is writer:
+                self._writer = None
             for reply in self._pending.values():
                 if not reply.done():
                     reply.set_exception(self._unavailable("lost the connection"))
@@ -160,3 +215,13 @@ class SupervisorClient:
         if self._reader_task is not None:
             self._reader_task.cancel()
             await asyncio.gather(self._reader_task, return_exceptions=True)
+
+
+def _result(body: dict | BaseException) -> Any:
+    """A reply's result, or the error it carries raised again as the domain error it was."""
+    if isinstance(body, BaseException):
+        raise body
+    if "error" in body:
+        error = body["error"]
+        raise from_wire(error.get("code", "error"), error.get("message", "supervisor error"))
+    return body.get("result")

@@ -19,6 +19,13 @@ class KernelNotFound(GatewayError):
         super().__init__(f"Kernel does not exist: {kernel_id}")
 
 
+class SessionNotFound(GatewayError):
+    code = "session_not_found"
+
+    def __init__(self, session_id: str):
+        super().__init__(f"Session not found: {session_id}")
+
+
 class KernelSpecNotFound(GatewayError):
     code = "kernelspec_not_found"
 
@@ -48,17 +55,25 @@ class SupervisorUnavailable(GatewayError):
     code = "supervisor_unavailable"
 
 
+class OutOfFiles(GatewayError):
+    """The process is at (or near) its open-file limit: a new connection must wait until others close."""
+
+    code = "out_of_files"
+
+
 BY_CODE: dict[str, type[GatewayError]] = {
     cls.code: cls
     for cls in (
         GatewayError,
         KernelNotFound,
+        SessionNotFound,
         KernelSpecNotFound,
         KernelLimit,
         KernelBusy,
         KernelStartFailed,
         BadRequest,
         SupervisorUnavailable,
+        OutOfFiles,
     )
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import subprocess
 import time
 import uuid
@@ -35,6 +36,7 @@ from .output import KernelOutput
 from .pool import WarmPool
 from .process import exited, kill_group, start_time
 from .records import DEAD, KERNEL_ID, RESTARTING, RUNNING, STARTING, Records
+from .seed import Seed
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -77,6 +79,7 @@ class KernelSettings:
     cull_connected: bool = False
     cull_busy: bool = False
     pool: tuple[tuple[str, int], ...] = ()  # warm kernels per kernelspec
+    seed: Seed | None = None  # code cells run in every new kernel of their language
 
 
 @dataclass(eq=False)
@@ -156,7 +159,8 @@ class Kernels:
         return list(self._kernels.values())
 
     async def start(self, name: str | None = None, env: Mapping[str, str] | None = None) -> Kernel:
-        name = self.settings.force_kernel_name or name or self.default_name
+        # Lower case, as jupyter_client names kernelspecs: "Python3" is python3, warm kernels included.
+        name = (self.settings.force_kernel_name or name or self.default_name).lower()
         try:
             self.specs.get_kernel_spec(name)
         except NoSuchKernel:
@@ -198,7 +202,7 @@ class Kernels:
             await kernel.manager.start_kernel(env=self.env.kernel(requested), independent=True, **OUTPUT_PIPES)
             await self._follow_output(kernel)
             kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel_id}")
-            await self._wait_ready(kernel)
+            await self._ready(kernel)
             await self._save_record(kernel, RUNNING, pooled)
         except BaseException as e:  # cancelled included: a half-started kernel must not be left running
             await self._discard(kernel)
@@ -246,6 +250,19 @@ class Kernels:
                 f"(Unix socket paths are limited to {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir"
             )
         return prefix
+
+    async def _ready(self, kernel: Kernel) -> None:
+        """Answering, and seeded if a seed fits its language: on every start and every restart, so that
+        a restarted kernel is what a new one would be. A kernel whose seed fails is killed, never handed out."""
+        await self._wait_ready(kernel)
+        seed = self.settings.seed
+        if seed and seed.fits(kernel.manager.kernel_spec.language):
+            try:
+                await seed.run(kernel.manager.session, kernel.connection_info(), self._zmq, self.settings.start_timeout)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await kernel.manager.signal_kernel(signal.SIGKILL)
+                raise
 
     async def _wait_ready(self, kernel: Kernel) -> None:
         """Ask for kernel_info until a reply comes back on shell and our iopub socket has heard from
@@ -343,7 +360,7 @@ class Kernels:
     async def _restart_process(self, kernel: Kernel) -> None:
         await kernel.manager.restart_kernel(now=True)
         await self._follow_output(kernel)
-        await self._wait_ready(kernel)
+        await self._ready(kernel)
 
     async def _swap_in(self, kernel: Kernel, spare: Kernel) -> None:
         """Give a dead kernel's id a warm kernel's process: faster than starting one. Workers learn the
@@ -399,7 +416,7 @@ class Kernels:
             try:
                 await kernel.manager.restart_kernel(now=False)
                 await self._follow_output(kernel)
-                await self._wait_ready(kernel)
+                await self._ready(kernel)
             except Exception as e:
                 kernel.iopub.execution_state = "dead"
                 kernel.reason = f"restart failed: {e}"
@@ -584,6 +601,20 @@ class Kernels:
         for kernel_id in list(self.records.ours):
             if record := self.records.load(kernel_id):
                 adoption.end_kernel(self.records, record, self.settings.runtime_dir)
+
+    async def release(self) -> None:
+        """Stop watching every kernel and leave it running, with its record and files, for the next
+        supervisor to adopt (a hand-over). Warm kernels are not handed over."""
+        await self.pool.close()
+        for kernel in self._kernels.values():
+            await self._stop_keeping(kernel)
+            if kernel.watcher:
+                kernel.watcher.cancel()
+                await asyncio.gather(kernel.watcher, return_exceptions=True)
+            await kernel.output.close(timeout=0)
+            # jupyter_client removes the connection file it wrote when the manager goes; the kernel needs it.
+            kernel.manager._connection_file_written = False
+        self._kernels.clear()
 
     def close(self) -> None:
         self._zmq.destroy(linger=0)

@@ -1,4 +1,10 @@
-"""The supervisor process: startup, serve until SIGTERM or SIGINT, shutdown of every kernel."""
+"""The supervisor process: startup, serve until SIGTERM or SIGINT, shutdown of every kernel.
+
+Under the one command, the arbiter's death does not end it at once: it keeps its kernels for
+--orphan-timeout seconds, for the next kernels-gateway on the same runtime directory, whose supervisor
+finds the runtime directory locked and asks for a hand-over over the control socket. This one then
+lets go of everything without stopping a kernel, and the new one adopts them from their records.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,18 @@ import logging
 import os
 import signal
 
-from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
 
 from ..config import Config, pool_sizes
 from ..systemd import Notifier
 from .activity import ReplayLimits
+from .client import SupervisorClient
+from .errors import GatewayError
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
+from .lock import RuntimeLock
+from .process import exited
 from .records import own_directory
+from .seed import Seed, load_seed
 from .server import SupervisorServer
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -22,9 +33,12 @@ log = logging.getLogger("kernels_gateway.supervisor")
 # the gateway's own configuration is among them, since some of it is secret (a token).
 SECRET_ENV = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"})
 SECRET_ENV_PREFIXES = ("KERNELS_GATEWAY_", "KG_")
+# How long a supervisor that agreed to hand its kernels over may take to let go of the runtime directory
+# (it may have begun to shut them down when it was asked).
+HAND_OVER_TIMEOUT = 30.0
 
 
-def kernel_settings(config: Config) -> KernelSettings:
+def kernel_settings(config: Config, seed: Seed | None = None) -> KernelSettings:
     return KernelSettings(
         runtime_dir=config.runtime_dir,
         default_kernel_name=config.default_kernel_name,
@@ -42,6 +56,7 @@ def kernel_settings(config: Config) -> KernelSettings:
         cull_interval=config.cull_interval,
         cull_connected=config.cull_connected,
         cull_busy=config.cull_busy,
+        seed=seed,
         pool=pool_sizes(config.pool, config.force_kernel_name or config.default_kernel_name or NATIVE_KERNEL_NAME),
     )
 
@@ -57,13 +72,46 @@ def prepare_runtime_dir(config: Config) -> None:
 
 async def serve(config: Config) -> None:
     prepare_runtime_dir(config)
-    kernels = Kernels(kernel_settings(config))
+    lock = RuntimeLock(config.runtime_dir)
+    if not lock.try_acquire():
+        await _take_over(config, lock)
+    try:
+        await _serve(config)
+    finally:
+        lock.release()
+
+
+async def _take_over(config: Config, lock: RuntimeLock) -> None:
+    """The runtime directory is locked: by the supervisor of a running gateway, which refuses, or by one
+    whose gateway died, which hands its kernels over and lets go."""
+    in_use = RuntimeError(
+        f"Runtime directory {config.runtime_dir} is in use by another kernels-gateway (pid {lock.holder()}); "
+        "to run two gateways, give each its own --runtime-dir"
+    )
+    client = SupervisorClient(config.socket_path)
+    try:
+        found = await client.request("hand_over")
+    except GatewayError:
+        raise in_use from None
+    finally:
+        await client.close()
+    log.info("Taking over the kernels of supervisor %s, whose gateway is gone", found["pid"])
+    if not await lock.acquire(HAND_OVER_TIMEOUT):
+        raise in_use
+
+
+async def _serve(config: Config) -> None:
+    seed = await load_seed(config.seed_uri, KernelSpecManager()) if config.seed_uri else None
+    if seed:
+        log.info("Seeding %s kernels with %d cell(s) of %s", seed.language, len(seed.cells), seed.uri)
+    kernels = Kernels(kernel_settings(config, seed))
     server = SupervisorServer(kernels, config.socket_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     culler: asyncio.Task | None = None
+    handed_over = False
     async with Notifier() as notifier:
         try:
             await server.start_serving()
@@ -76,13 +124,47 @@ async def serve(config: Config) -> None:
             if config.cull_idle_timeout > 0:
                 culler = asyncio.create_task(kernels.cull(), name="culler")
             notifier.ready()
-            await stop.wait()
+            if await _until_stopped_or_orphaned(stop, config.arbiter_pid):
+                handed_over = await _wait_for_successor(config, server, stop, len(kernels.list()))
         finally:
             notifier.stopping()
             if culler:
                 culler.cancel()
                 await asyncio.gather(culler, return_exceptions=True)
-            log.info("Supervisor stopping: shutting down %d kernel(s)", len(kernels.list()))
-            await server.close()
-            await kernels.shutdown_all()
+            if handed_over:
+                log.info("Supervisor handing %d kernel(s) over", len(kernels.list()))
+                await server.close()
+                await kernels.release()
+            else:
+                log.info("Supervisor stopping: shutting down %d kernel(s)", len(kernels.list()))
+                await server.close()
+                await kernels.shutdown_all()
             kernels.close()
+
+
+async def _until_stopped_or_orphaned(stop: asyncio.Event, arbiter_pid: int) -> bool:
+    """Wait for a stop signal (False) or for the death of the arbiter that started us (True)."""
+    waits = [asyncio.create_task(stop.wait())]
+    if arbiter_pid > 0:
+        # Our parent: if it is not any more, it died before we could watch it.
+        waits.append(asyncio.create_task(exited(arbiter_pid) if os.getppid() == arbiter_pid else asyncio.sleep(0)))
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return not stop.is_set()
+
+
+async def _wait_for_successor(config: Config, server: SupervisorServer, stop: asyncio.Event, count: int) -> bool:
+    """Serve nothing but a hand-over for --orphan-timeout seconds; True if the next supervisor asked."""
+    log.warning("The gateway (pid %d) is gone; keeping %d kernel(s) for %g s for the next kernels-gateway "
+                "on %s", config.arbiter_pid, count, config.orphan_timeout, config.runtime_dir)
+    server.orphan()
+    waits = [asyncio.create_task(server.taken_over.wait()), asyncio.create_task(stop.wait())]
+    await asyncio.wait(waits, timeout=config.orphan_timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+    if not server.taken_over.is_set() and not stop.is_set():
+        log.warning("No kernels-gateway took over within %g s", config.orphan_timeout)
+    return server.taken_over.is_set()

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics, wire
-from .errors import BadRequest, GatewayError
+from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
 from .kernels import Kernels, valid_kernel_id
+from .sessions import Sessions
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
@@ -55,7 +56,10 @@ class SupervisorServer:
         self._server: asyncio.Server | None = None
         self._clients: set[Client] = set()
         self._handlers: set[asyncio.Task] = set()
+        self.started = time.time()
+        self.sessions = Sessions(kernels)
         self.ops: dict[str, Op] = {
+            "status": self.status,
             "ping": self.ping,
             "kernelspecs": self.kernelspecs,
             "start": self.start,
@@ -70,7 +74,11 @@ class SupervisorServer:
             "subscribe": self.subscribe,
             "metrics": self.metrics,
             "relayed": self.relayed,
+            "hand_over": self.hand_over,
+            **self.sessions.ops,
         }
+        self.orphaned = False  # our gateway is gone: we wait for the next one to take the kernels over
+        self.taken_over = asyncio.Event()
         kernels.listeners.add(self._broadcast)
         metrics.watch(kernels)
 
@@ -78,6 +86,13 @@ class SupervisorServer:
 
     async def ping(self, args: dict, client: Client) -> dict:
         return {"pid": os.getpid()}
+
+    async def status(self, args: dict, client: Client) -> dict:
+        """Jupyter Server's /api/status: since when, and how busy."""
+        kernels = self.kernels.list()
+        last = max((kernel.iopub.last_activity for kernel in kernels), default=self.started)
+        return {"started": self.started, "last_activity": last, "kernels": len(kernels),
+                "connections": sum(kernel.connections for kernel in kernels)}
 
     async def kernelspecs(self, args: dict, client: Client) -> dict:
         return self.kernels.kernelspecs()
@@ -137,6 +152,22 @@ class SupervisorServer:
     async def relayed(self, args: dict, client: Client) -> None:
         metrics.add_relayed(args.get("counts"), args.get("opened", 0))
 
+    async def hand_over(self, args: dict, client: Client) -> dict:
+        """The next supervisor on this runtime directory asks for our kernels: only an orphan agrees."""
+        if not self.orphaned:
+            raise KernelBusy("this supervisor serves a running gateway")
+        self.taken_over.set()
+        return {"pid": os.getpid()}
+
+    def orphan(self) -> None:
+        """Our gateway is gone: answer nothing but ping and hand_over from now on."""
+        self.orphaned = True
+        for name in self.ops.keys() - {"ping", "hand_over"}:
+            self.ops[name] = self._orphaned
+
+    async def _orphaned(self, args: dict, client: Client) -> None:
+        raise SupervisorUnavailable("this supervisor's gateway is gone; its kernels wait for the next one")
+
     # -- serving -------------------------------------------------------------------------------
 
     async def start_serving(self) -> None:
@@ -166,8 +197,8 @@ class SupervisorServer:
             await asyncio.gather(*stuck, return_exceptions=True)
         if self._server:
             await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+            with contextlib.suppress(FileNotFoundError):  # ours: only what we bound is removed
+                os.unlink(self.socket_path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handler = asyncio.current_task()

@@ -63,6 +63,8 @@ async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> di
         body = json.loads(data)
     except (UnicodeDecodeError, ValueError) as e:
         raise WireError(f"frame is not JSON: {e}") from None
+    except RecursionError:
+        raise WireError("frame is nested too deeply") from None
     if not isinstance(body, dict):
         raise WireError("frame is not a JSON object")
     return body

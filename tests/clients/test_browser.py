@@ -208,3 +208,52 @@ async def kill_kernel(page, gw) -> str:
         "(n) => window.seenStatuses.slice(n).find((s) => s === 'restarting' || s === 'dead')",
         arg=already, timeout=TIMEOUT)
     return await news.json_value()
+
+
+async def test_a_page_answers_the_kernels_input_requests(page, page_servers, secured_gateway, http):
+    """input() and getpass() in a page's code: the example page asks in a field of its output, and
+    client.js sends the answer back on stdin; a callback that refuses interrupts the cell."""
+    gw = secured_gateway
+    await open_page(page, page_servers["allowed"], gw)
+    kernel_id = await start_kernel(page, gw, http)
+    output = page.locator("#output")
+    try:
+        await run(page, "name = input('Your name? ')\nimport getpass\nsecret = getpass.getpass('Secret: ')\n"
+                        "print(f'Hello {name}, your secret has {len(secret)} letters')")
+        field = output.locator("input")
+        await expect(field).to_have_attribute("type", "text", timeout=TIMEOUT)
+        await expect(output).to_contain_text("Your name? ")
+        await field.fill("Ada")
+        await field.press("Enter")
+        await expect(field).to_have_attribute("type", "password", timeout=TIMEOUT)
+        await field.fill("lovelace")
+        await field.press("Enter")
+        await expect(output).to_contain_text("Hello Ada, your secret has 8 letters", timeout=TIMEOUT)
+        await expect(output).not_to_contain_text("lovelace")
+        await expect(page.locator("#status")).to_have_text("idle")
+
+        answered = await page.evaluate(INPUT_BY_CALLBACK, [gw.url, gw.token, kernel_id])
+        assert answered["asked"] == [["How many? ", False]]
+        assert answered["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "42 times\n"}]
+        assert answered["refused"]["status"] == "error" and answered["refused"]["ename"] == "KeyboardInterrupt"
+        assert answered["without"]["ename"] == "StdinNotImplementedError"
+    finally:
+        await page.click("#shutdown")
+        await expect(page.locator("#status")).to_have_text("dead", timeout=TIMEOUT)
+
+
+INPUT_BY_CALLBACK = """async ([url, token, kernelId]) => {
+    const { Gateway } = await import(url + "/client.js");
+    const kernel = await new Gateway(url, { token }).attach(kernelId);
+    const asked = [], outputs = [];
+    await kernel.execute("print(input('How many? '), 'times')", {
+        onOutput: (output) => outputs.push(output),
+        onInput: async (prompt, password) => { asked.push([prompt, password]); return 42; },
+    });
+    const refused = await kernel.execute("input('No? ')", {
+        onInput: () => Promise.reject(new Error("the user closed the prompt")),
+    });
+    const without = await kernel.execute("input('Nobody asks')");
+    kernel.close();
+    return { asked, outputs, refused, without };
+}"""

@@ -4,6 +4,7 @@ them through the gateway's legacy protocol."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,16 +29,20 @@ get_comm_manager().register_target("report", _report_target)
 """
 
 
-@pytest.fixture
-async def jupyter_server(secured_gateway, http, tmp_path):
+@contextlib.asynccontextmanager
+async def running_jupyter_server(gateway_url: str, gateway_token: str | None, http, tmp_path, app: str = "jupyter_server"):
+    """`jupyter server --gateway-url` (or `jupyter lab`, app="jupyterlab"), on a free port, in its own
+    config and runtime dirs, serving tmp_path: its URL."""
     port = free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data")}
+    token = [f"--GatewayClient.auth_token={gateway_token}"] if gateway_token else []
     log = open(tmp_path / "jupyter-server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--no-browser", "--allow-root",
+        [sys.executable, "-m", app, f"--port={port}", "--ip=127.0.0.1", "--no-browser", "--allow-root",
          f"--ServerApp.root_dir={tmp_path}", f"--IdentityProvider.token={SERVER_TOKEN}",
-         f"--gateway-url={secured_gateway.url}", f"--GatewayClient.auth_token={secured_gateway.token}"],
+         f"--gateway-url={gateway_url}", *token],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -56,6 +61,12 @@ async def jupyter_server(secured_gateway, http, tmp_path):
         server.terminate()
         server.wait(30)
         log.close()
+
+
+@pytest.fixture
+async def jupyter_server(secured_gateway, http, tmp_path):
+    async with running_jupyter_server(secured_gateway.url, secured_gateway.token, http, tmp_path) as url:
+        yield url
 
 
 class ThroughServer:

@@ -63,6 +63,13 @@ def test_legacy_rejects_malformed_frames(frame):
         decode_legacy(frame)
 
 
+def test_legacy_frames_without_a_channel_are_for_shell():
+    header = {"msg_id": "a", "msg_type": "kernel_info_request"}
+    for frame in (json.dumps({"header": header}), json.dumps({"header": header, "channel": None})):
+        channel, msg = decode_legacy(frame)
+        assert channel == "shell" and msg["header"] == header and "channel" not in msg
+
+
 def test_legacy_accepts_null_parent_header():
     channel, msg = decode_legacy(json.dumps({
         "channel": "shell", "header": {"msg_id": "a", "msg_type": "b"}, "parent_header": None,

@@ -5,6 +5,7 @@
 //   const kernel = await gateway.startKernel();          // or: await gateway.attach(kernelId)
 //   kernel.addEventListener("status", (e) => console.log(e.detail));   // busy, idle, restarting, dead
 //   await kernel.execute("print(6 * 7)", { onOutput: (output) => console.log(output) });
+//   await kernel.execute("input('Name? ')", { onInput: async (prompt, password) => "Ada" });
 //   await kernel.interrupt(); await kernel.restart(); await kernel.shutdown();
 //
 // The websocket speaks the legacy protocol (JSON text frames; binary frames when a message carries
@@ -176,6 +177,10 @@ export class Kernel extends EventTarget {
     }
     const request = this._pending.get(msg.parent_header && msg.parent_header.msg_id);
     if (!request) return;
+    if (msg.channel === "stdin" && msg.header.msg_type === "input_request") {
+      this._answerInput(request, msg);
+      return;
+    }
     if (msg.channel === "iopub") {
       request.callbacks.onMessage?.(msg);
       const output = toOutput(msg);
@@ -196,15 +201,8 @@ export class Kernel extends EventTarget {
    * for every iopub message the request caused.
    */
   request(msgType, content, { channel = "shell", callbacks = {}, waitForIdle = true, timeout = 0 } = {}) {
-    const msgId = randomId();
-    const msg = {
-      channel,
-      header: {
-        msg_id: msgId, msg_type: msgType, session: this.sessionId, username: "",
-        date: new Date().toISOString(), version: PROTOCOL_VERSION,
-      },
-      parent_header: {}, metadata: {}, content, buffers: [],
-    };
+    const msg = this._message(channel, msgType, content);
+    const msgId = msg.header.msg_id;
     return new Promise((resolve, reject) => {
       if (!this._ws || this._ws.readyState !== WebSocket.OPEN) {
         reject(new Error("not connected"));
@@ -220,10 +218,42 @@ export class Kernel extends EventTarget {
     });
   }
 
-  /** Run code; resolves with the execute_reply's content once all its output has arrived. */
-  async execute(code, { onOutput, onMessage, silent = false } = {}) {
-    const content = { code, silent, store_history: !silent, user_expressions: {}, allow_stdin: false, stop_on_error: true };
-    return (await this.request("execute_request", content, { callbacks: { onOutput, onMessage } })).content;
+  _message(channel, msgType, content, parentHeader = {}) {
+    return {
+      channel,
+      header: {
+        msg_id: randomId(), msg_type: msgType, session: this.sessionId, username: "",
+        date: new Date().toISOString(), version: PROTOCOL_VERSION,
+      },
+      parent_header: parentHeader, metadata: {}, content, buffers: [],
+    };
+  }
+
+  /**
+   * Run code; resolves with the execute_reply's content once all its output has arrived. With
+   * `onInput(prompt, password)`, a function returning the answer (or a promise of it), the code may
+   * ask for input (`input()`, `getpass()`); without it, asking raises StdinNotImplementedError in the
+   * kernel. If onInput throws or rejects, the kernel is interrupted: the code stops where it asked.
+   */
+  async execute(code, { onOutput, onMessage, onInput, silent = false } = {}) {
+    const content = {
+      code, silent, store_history: !silent, user_expressions: {}, allow_stdin: Boolean(onInput), stop_on_error: true,
+    };
+    return (await this.request("execute_request", content, { callbacks: { onOutput, onMessage, onInput } })).content;
+  }
+
+  /** The kernel asks for input on behalf of a request: the request's onInput answers on stdin. */
+  async _answerInput(request, msg) {
+    let value;
+    try {
+      value = String(await request.callbacks.onInput(msg.content.prompt, Boolean(msg.content.password)));
+    } catch {
+      await this.interrupt().catch(() => {});
+      return;
+    }
+    if (this._ws?.readyState === WebSocket.OPEN) {
+      this._ws.send(JSON.stringify(this._message("stdin", "input_reply", { value }, msg.header)));
+    }
   }
 
   interrupt() {

@@ -1,0 +1,39 @@
+"""Datalayer's jupyter-kernel-client against a gateway with a token: it sends `Authorization: Bearer T`,
+which Jupyter Server accepts beside `token T`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from ..conftest import HERE
+
+
+async def test_jupyter_kernel_client_with_its_default_headers(secured_gateway, http):
+    gw = secured_gateway
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.clients.run_kernel_client", gw.url, gw.token,
+        cwd=HERE.parent, env=os.environ, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(90):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()[-3000:]
+    report = json.loads(out)
+
+    assert report["printed"]["status"] == "ok"
+    assert [o["text"] for o in report["printed"]["outputs"]] == ["42\n"]
+    assert report["interrupted"]["status"] == "error"
+    assert [o.get("ename") for o in report["interrupted"]["outputs"]] == ["KeyboardInterrupt"]
+    assert [o["text"] for o in report["after_restart"]["outputs"]] == ["False\n"]  # a new process
+    log = gw.log()
+    for event in ("started", "interrupted", "restarted", "shutdown"):
+        assert f"Kernel {event}: {report['kernel_id']}" in log
+    async with http.get(f"{gw.url}/api/kernels/{report['kernel_id']}", headers=gw.auth) as r:
+        assert r.status == 404  # stop() shut it down
