@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from .config import SUPERVISOR, WEB, Config
 from .gateway.server import address_in_use, serving_url, ssl_context
+from .supervisor.adoption import end_recorded_kernels
 from .supervisor.main import SECRET_ENV, SECRET_ENV_PREFIXES, prepare_runtime_dir
 from .systemd import Notifier
 
@@ -147,16 +148,18 @@ class Child:
             self.process.kill()
             await self.process.wait()
 
-    async def stop(self, grace: float) -> None:
-        """SIGTERM, wait up to `grace` seconds, SIGKILL, reap."""
+    async def stop(self, grace: float) -> bool:
+        """SIGTERM, wait up to `grace` seconds, SIGKILL, reap; True if it had to be killed."""
         if self.process is None or self.process.returncode is not None:
-            return
+            return False
         self.process.terminate()
         try:
             await asyncio.wait_for(self.process.wait(), grace)
         except TimeoutError:
             log.warning("%s did not stop within %g s; killing it", self.role, grace)
             await self.kill()
+            return True
+        return False
 
     def close(self) -> None:
         if self.notify is not None:
@@ -242,7 +245,9 @@ class Arbiter:
 
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop(STOP_GRACE[WEB]) for worker in self.workers))
-        await self.supervisor.stop(STOP_GRACE[SUPERVISOR] + self.config.shutdown_wait)
+        if await self.supervisor.stop(STOP_GRACE[SUPERVISOR] + self.config.shutdown_wait):
+            # It could not finish shutting its kernels down; they are left to us, and nobody adopts them.
+            end_recorded_kernels(self.config.runtime_dir)
         for child in [self.supervisor, *self.workers]:
             child.close()
         for listener in self.listeners:

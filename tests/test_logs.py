@@ -14,6 +14,7 @@ import aiohttp
 from .conftest import eventually, free_port, kernel_pids
 from .kernel_client import KernelSocket
 from .test_process import children
+from .test_survival import json_of, start_kernel
 
 
 async def test_json_logs_one_object_per_line(start_gateway, http):
@@ -144,3 +145,53 @@ async def _health(http, gw) -> bool:
             return r.status == 200
     except aiohttp.ClientError:
         return False
+
+
+async def test_kernel_output_is_logged_as_lines_of_its_kernel(start_gateway, http):
+    gw = await start_gateway("--log-format", "json", "--initial-kernels", "0")
+    kernel_id = await start_kernel(http, gw)
+    sock = await KernelSocket.open(http, gw, kernel_id)
+    await sock.execute("import os, sys; os.write(1, b'on the real stdout\\n'); "
+                       "sys.__stderr__.write('on the real stderr\\n'); sys.__stderr__.flush()")
+    await eventually(lambda: _logged(gw, "on the real stderr"))
+    await sock.close()
+    assert await gw.stop() == 0
+
+    entries = [json.loads(line) for line in gw.log().splitlines()]  # every line, the kernels' included
+    printed = {entry["stream"]: entry for entry in entries if entry["logger"] == "kernels_gateway.kernel"}
+    assert printed["stdout"]["message"] == f"Kernel {kernel_id} stdout: on the real stdout"
+    assert printed["stderr"]["message"] == f"Kernel {kernel_id} stderr: on the real stderr"
+    assert (printed["stdout"]["level"], printed["stderr"]["level"]) == ("INFO", "WARNING")
+    assert printed["stdout"]["kernel_id"] == printed["stderr"]["kernel_id"] == kernel_id
+    assert not [entry for entry in entries if "--existing" in entry["message"] or "Ctrl-C" in entry["message"]]
+
+
+async def test_a_kernel_flooding_its_own_stdout_neither_starves_the_supervisor_nor_floods_the_log(start_gateway, http):
+    gw = await start_gateway("--initial-kernels", "0")
+    kernel_id = await start_kernel(http, gw)
+    sock = await KernelSocket.open(http, gw, kernel_id)
+    lines = 20_000
+    flood = sock.message("execute_request", {"code": f"import os\nfor i in range({lines}): os.write(1, b'y' * 200 + b'\\n')",
+                                             "silent": False})
+    await sock.send(flood)
+    await eventually(lambda: _busy(http, gw, kernel_id))
+    for _ in range(20):  # the supervisor answers while the kernel writes
+        status, model = await json_of(http, "GET", f"{gw.url}/api/kernels/{kernel_id}")
+        assert status == 200
+    async with asyncio.timeout(60):
+        while (msg := await sock.receive())["header"]["msg_type"] != "execute_reply":
+            pass
+    assert msg["content"]["status"] == "ok"
+    await eventually(lambda: _logged(gw, "lines of output not logged"))
+    logged = gw.log().count(f"Kernel {kernel_id} stdout: yyyy")
+    assert 0 < logged < lines // 10
+    await sock.close()
+
+
+async def _logged(gw, text: str) -> bool:
+    return text in gw.log()
+
+
+async def _busy(http, gw, kernel_id: str) -> bool:
+    status, model = await json_of(http, "GET", f"{gw.url}/api/kernels/{kernel_id}")
+    return model["execution_state"] == "busy"

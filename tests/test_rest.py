@@ -122,6 +122,9 @@ async def test_start_without_body_uses_the_default(gateway, http):
         (b'{"env": ["A"]}', "env"),
         (b'{"env": {"KERNEL_X": 1}}', "env"),
         (b'{"env": {"KERNEL_X": "a\\u0000b"}}', "NUL"),
+        (b'{"env": {"KERNEL_ID": "00000000-0000-0000-0000-000000000000"}}', "KERNEL_ID"),
+        (b'{"env": {"KERNEL_X\\nLD_PRELOAD": "x"}}', "control character"),
+        (b'{"env": {"KERNEL_\\u001b[2J": "x"}}', "control character"),
         (b"\xff\xfe", "not valid JSON"),
     ],
 )

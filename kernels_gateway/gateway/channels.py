@@ -164,10 +164,12 @@ class KernelConnection:
         self.outbox.put("iopub", [pack(status["header"]), pack({}), pack({}), pack(status["content"])])
 
     def kernel_restarted(self, info: dict[str, Any]) -> None:
-        """The kernel runs again. In place, its endpoints stay and ZMQ reconnects our sockets by itself
-        (delivering what was queued); a warm kernel that took over has new ones and a new key, so the
-        sockets are closed, to be opened anew on next use. Then the held frames go."""
-        if info != self._info:
+        """The kernel runs again, with new endpoints and key if a warm kernel took over. The sockets
+        of a websocket that saw the restart begin (it holds frames) are closed, to be opened anew on
+        next use, even when the endpoints stayed: a socket that was sending while the old process died
+        may never hear from the new one, though ZMQ reconnects it. A websocket that opened meanwhile
+        already talks to the new process. Then the held frames go."""
+        if self._held is not None or info != self._info:
             self._close_sockets()
             self._use(info)
         self._forget_requests()

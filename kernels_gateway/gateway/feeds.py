@@ -128,9 +128,10 @@ class IOPubFeed:
 
     async def _follow(self) -> None:
         """Kernel events, in order: states go to every websocket, and so does `hold` (a restart someone
-        asked for has begun); a restart moves the subscription when the kernel's endpoints changed (a
-        warm kernel took over) and nudges it anew either way, for a resubscribed SUB socket misses
-        what is published before its subscription propagates, as a new one does."""
+        asked for has begun); a restart opens the subscription anew (on new endpoints if a warm kernel
+        took over; on the same ones too, since a socket reconnected by ZMQ across the restart is not
+        to be trusted) and nudges it, for a new SUB socket misses what is published before its
+        subscription propagates."""
         while True:
             event = await self.events.get()
             if event.get("hold"):
@@ -142,13 +143,13 @@ class IOPubFeed:
                     subscriber.kernel_state(event.get("execution_state"))
                 continue
             info = event["connection_info"]
-            if info != self.info:
+            async with self._started:  # websockets opening meanwhile wait for the new subscription
                 self._reader.cancel()
                 await asyncio.gather(self._reader, return_exceptions=True)
                 self._sub.close()
                 self._open(info)
                 self._reader = asyncio.create_task(self._read(), name=f"iopub-{self.kernel_id}")
-            await self._nudge()
+                await self._nudge()
             for subscriber in list(self.subscribers):
                 subscriber.kernel_restarted(info)
             await self._ask_for_a_tracked_status()

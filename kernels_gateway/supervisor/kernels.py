@@ -2,9 +2,10 @@
 The one registry of running kernels.
 
 Each kernel is driven by jupyter_client's AsyncKernelManager, so kernelspecs that name a provisioner
-are honoured. Kernels run in their own sessions without JPY_PARENT_PID, so they outlive a supervisor
-crash; a record per kernel lets the next supervisor adopt them. Each kernel has a keeper task that
-waits for its process to exit and restarts it, a bounded number of times, when nobody asked it to stop.
+are honoured. Kernels run in their own sessions with no parent to watch, so they outlive a supervisor
+crash; a record per kernel, written before each process is launched, lets the next supervisor adopt
+them (adoption.py). Each kernel has a keeper task that waits for its process to exit and restarts it,
+a bounded number of times, when nobody asked it to stop.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import re
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -27,14 +27,15 @@ import zmq
 import zmq.asyncio
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
-from jupyter_client.provisioning import KernelProvisionerFactory, LocalProvisioner
 
-from . import metrics
+from . import adoption, metrics
 from .activity import IOPub, ReplayLimits, subscriber
-from .errors import BadRequest, KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
+from .environment import EnvironmentPolicy
+from .errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
+from .output import KernelOutput
 from .pool import WarmPool
-from .process import AdoptedProcess, exited, start_time
-from .records import Records
+from .process import exited, kill_group, start_time
+from .records import DEAD, KERNEL_ID, RESTARTING, RUNNING, STARTING, Records
 from .replay import Missed
 from .seed import Seed
 from .wire import KERNEL_RECONNECT_MS, kernel_url
@@ -44,13 +45,13 @@ log = logging.getLogger("kernels_gateway.supervisor")
 # Unix socket paths are capped at 108 bytes (sun_path), NUL included; an IPC endpoint adds "-NNNNN".
 MAX_SOCKET_PATH = 107
 MAX_IPC_PREFIX = MAX_SOCKET_PATH - len("-65535")
-MAX_ENV_VALUE = 32 * 1024
 # After a kernel_info reply, how long the iopub socket may take to hear the kernel before asking again.
 IOPUB_PROOF_WAIT = 0.1
 POLL_INTERVAL = 1.0  # for provisioners whose process we cannot watch through a pidfd
-# Kernel ids are the canonical form of a random UUID, and nothing else is ever looked up, logged or
-# turned into a path: whatever a client puts in a URL stops here.
-KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# jupyter_client's shutdown takes at most the shutdown wait, then up to 5 s to see a SIGKILLed process go.
+SHUTDOWN_MARGIN = 6.0
+# Every launch, restarts included (jupyter_client keeps the launch arguments), gets pipes for its output.
+OUTPUT_PIPES = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
 
 
 def valid_kernel_id(kernel_id: Any) -> str:
@@ -88,6 +89,7 @@ class Kernel:
     name: str
     manager: AsyncKernelManager
     iopub: IOPub
+    output: KernelOutput
     requested_env: dict[str, str] = field(default_factory=dict)
     connections: int = 0
     reason: str = ""
@@ -116,15 +118,6 @@ class Kernel:
         return info
 
 
-def _env_safe(text: str) -> bool:
-    """Whether the operating system can hold this in an environment: UTF-8 encodable, no NUL."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return "\0" not in text
-
-
 Listener = Callable[[dict[str, Any]], None]
 
 
@@ -133,6 +126,7 @@ class Kernels:
         self.settings = settings
         self.specs = KernelSpecManager()
         self.records = Records(settings.runtime_dir)
+        self.env = EnvironmentPolicy(settings.env_allow, settings.env_inherit, settings.secret_env)
         self.listeners: set[Listener] = set()
         self._kernels: dict[str, Kernel] = {}
         self._starting = 0
@@ -172,7 +166,7 @@ class Kernels:
             self.specs.get_kernel_spec(name)
         except NoSuchKernel:
             raise KernelSpecNotFound(name) from None
-        requested = self._requested_env(env or {})
+        requested = self.env.requested(env or {})
         limit = self.settings.max_kernels
         # Counting starts in flight before the first await keeps a burst of starts from overshooting.
         if limit and len(self._kernels) + self._starting >= limit:
@@ -182,24 +176,35 @@ class Kernels:
             with metrics.kernel_start(name):
                 # A warm kernel has the supervisor's environment; a request that sets env needs a cold start.
                 kernel = None if requested else await self.pool.take(name)
-                kernel = kernel or await self._launch(name, requested)
-                await self._register(kernel)
+                if kernel:
+                    await self._record_or_discard(kernel)  # no longer a warm spare
+                else:
+                    kernel = await self._launch(name, requested)
+                self._register(kernel)
         finally:
             self._starting -= 1
         log.info("Kernel started: %s", kernel.id)
         return kernel
 
-    async def _launch(self, name: str, requested: dict[str, str], pooled: bool = False) -> Kernel:
-        """A started kernel that has answered kernel_info, not yet registered."""
-        kernel_id = str(uuid.uuid4())
+    async def _launch(self, name: str, requested: dict[str, str], pooled: bool = False,
+                      kernel_id: str | None = None) -> Kernel:
+        """A started kernel that has answered kernel_info and is recorded, not yet registered.
+
+        Recorded `starting` before anything is launched: a supervisor that dies from then on leaves a
+        record by which the next one finds the process and stops it. A record that cannot be written
+        (a full disk) fails the start and leaves nothing behind."""
+        kernel_id = kernel_id or str(uuid.uuid4())
         kernel = Kernel(id=kernel_id, name=name, manager=self._manager(kernel_id, name),
-                        iopub=IOPub(kernel_id, self.settings.replay), requested_env=requested)
+                        iopub=IOPub(kernel_id, self.settings.replay), output=KernelOutput(kernel_id),
+                        requested_env=requested)
         try:
-            # independent: no JPY_PARENT_PID, so the kernel does not exit with the supervisor.
-            await kernel.manager.start_kernel(env=self._kernel_env(requested), independent=True)
+            await self._save_record(kernel, STARTING, pooled)
+            # independent: no JPY_PARENT_PID of ours, so the kernel does not exit with the supervisor.
+            await kernel.manager.start_kernel(env=self.env.kernel(requested), independent=True, **OUTPUT_PIPES)
+            await self._follow_output(kernel)
             kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel_id}")
             await self._ready(kernel)
-            await self._save_record(kernel, pooled)
+            await self._save_record(kernel, RUNNING, pooled)
         except BaseException as e:  # cancelled included: a half-started kernel must not be left running
             await self._discard(kernel)
             if isinstance(e, Exception):
@@ -210,10 +215,19 @@ class Kernels:
     async def _launch_spare(self, name: str) -> Kernel:
         return await self._launch(name, {}, pooled=True)
 
-    async def _register(self, kernel: Kernel) -> None:
+    async def _record_or_discard(self, kernel: Kernel) -> None:
+        try:
+            await self._save_record(kernel, RUNNING)
+        except OSError as e:
+            await self._discard(kernel)
+            raise KernelStartFailed(f"Kernel {kernel.name} failed to start: {e}") from e
+
+    def _register(self, kernel: Kernel) -> None:
         self._kernels[kernel.id] = kernel
-        await self._save_record(kernel)
         kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel.id}")
+
+    async def _follow_output(self, kernel: Kernel) -> None:
+        await kernel.output.follow(getattr(kernel.manager.provisioner, "process", None))
 
     def _manager(self, kernel_id: str, name: str) -> AsyncKernelManager:
         manager = AsyncKernelManager(
@@ -237,33 +251,6 @@ class Kernels:
                 f"(Unix socket paths are limited to {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir"
             )
         return prefix
-
-    def _requested_env(self, requested: Mapping[str, str]) -> dict[str, str]:
-        """The names of a start request's env that may reach the kernel; others are dropped."""
-        allowed = {}
-        for key, value in requested.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise BadRequest("env must map names to string values")
-            if not (key and "=" not in key and _env_safe(key) and _env_safe(value) and len(value) <= MAX_ENV_VALUE):
-                raise BadRequest(
-                    f"env entry {key[:100]!r} cannot be set: a name needs no '=', names and values no NUL "
-                    f"or unpaired surrogate, and values at most {MAX_ENV_VALUE} characters"
-                )
-            if key.startswith("KERNEL_") or key in self.settings.env_allow:
-                allowed[key] = value
-        return allowed
-
-    def _kernel_env(self, requested: Mapping[str, str]) -> dict[str, str]:
-        """The supervisor's environment (all of it, or PATH and the --env-inherit names) without the
-        gateway's secrets, plus the allowed requested names."""
-        inherit = self.settings.env_inherit
-        env = {
-            k: v for k, v in os.environ.items()
-            if k not in self.settings.secret_env and (not inherit or k in inherit or k == "PATH")
-        }
-        env.pop("JPY_PARENT_PID", None)
-        env.update(requested)
-        return env
 
     async def _ready(self, kernel: Kernel) -> None:
         """Answering, and seeded if a seed fits its language: on every start and every restart, so that
@@ -317,12 +304,17 @@ class Kernels:
     # -- death and automatic restart -----------------------------------------------------------
 
     async def _keep(self, kernel: Kernel) -> None:
-        """Wait for the kernel's process to exit; restart it unless its restarts keep failing."""
+        """Wait for the kernel's process to exit; restart it unless its restarts keep failing.
+        Nothing ends this watch but the kernel's end: whatever fails is logged, and the watch goes on."""
         while True:
-            await self._process_exit(kernel)
-            async with kernel.lock:
-                if kernel.id not in self._kernels or not await self._recover(kernel):
-                    return
+            try:
+                await self._process_exit(kernel)
+                async with kernel.lock:
+                    if kernel.id not in self._kernels or not await self._recover(kernel):
+                        return
+            except Exception:
+                log.exception("Kernel %s: watching it failed; watching it again", kernel.id)
+                await asyncio.sleep(POLL_INTERVAL)
 
     async def _process_exit(self, kernel: Kernel) -> None:
         pid = getattr(kernel.manager.provisioner, "pid", None)
@@ -341,39 +333,54 @@ class Kernels:
             kernel.reason = f"the kernel died {kernel.quick_deaths} times in a row within {self.settings.stable_after:g} s of starting"
             log.error("Kernel %s is dead: %s", kernel.id, kernel.reason)
             self._emit(kernel, execution_state="dead")
+            await self._keep_record(kernel, DEAD)
             return False
         log.warning("Kernel %s died; restarting it", kernel.id)
         kernel.iopub.execution_state = "restarting"
         self._emit(kernel, execution_state="restarting")
         kernel.started_at = time.time()
         spare = None if kernel.requested_env else await self.pool.take(kernel.name)
+        # Recorded before the new process exists: a supervisor that dies meanwhile leaves a record by
+        # which the next one finds that process, or starts one.
+        await self._keep_record(kernel, RESTARTING)
         try:
             if spare:
                 await self._swap_in(kernel, spare)
             else:
-                await kernel.manager.restart_kernel(now=True)
-                await self._ready(kernel)
+                await self._restart_process(kernel)
         except Exception as e:
             log.error("Kernel %s failed to restart: %s", kernel.id, e)
-            return True  # its process is gone: the keeper comes straight back here
-        await self._save_record(kernel)
+            await self._keep_record(kernel, RESTARTING)
+            return True  # its process is gone or hopeless: the keeper comes straight back here
+        await self._keep_record(kernel, RUNNING)
         metrics.KERNEL_RESTARTS.labels(kernel.name, "automatic").inc()
         log.info("Kernel restarted: %s", kernel.id)
         self._emit(kernel, connection_info=kernel.connection_info())
         return True
+
+    async def _restart_process(self, kernel: Kernel) -> None:
+        await kernel.manager.restart_kernel(now=True)
+        await self._follow_output(kernel)
+        await self._ready(kernel)
 
     async def _swap_in(self, kernel: Kernel, spare: Kernel) -> None:
         """Give a dead kernel's id a warm kernel's process: faster than starting one. Workers learn the
         new connection info from the event that follows every restart."""
         dead = kernel.manager
         with contextlib.suppress(Exception):
-            await dead.shutdown_kernel(now=True)  # reaps it and removes its files
+            await dead.shutdown_kernel(now=True)  # reaps it
+        adoption.remove_files(Path(dead.connection_file))
         for watcher in (kernel.watcher, spare.watcher):
             if watcher:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+        await kernel.output.close()
+        kernel.manager, kernel.output = spare.manager, spare.output
+        kernel.output.kernel_id = kernel.id
+        # The kernel's record names the spare's process before the spare's record goes: a crash between
+        # the two leaves two records of one process, and adoption keeps the kernel's.
+        await self._keep_record(kernel, RUNNING)
         self.records.remove(spare.id)
-        kernel.manager = spare.manager
         kernel.iopub.execution_state = "idle"  # the spare answered kernel_info and has done nothing since
         kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel.id}")
 
@@ -406,8 +413,10 @@ class Kernels:
             # Workers hold what clients send until the new process is proven reachable (no status:
             # clients asked for this restart, and `restarting` would tell them the kernel died).
             self._emit(kernel, hold=True)
+            await self._keep_record(kernel, RESTARTING)
             try:
                 await kernel.manager.restart_kernel(now=False)
+                await self._follow_output(kernel)
                 await self._ready(kernel)
             except Exception as e:
                 kernel.iopub.execution_state = "dead"
@@ -417,7 +426,7 @@ class Kernels:
             finally:
                 kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel_id}")
             kernel.reason = ""
-            await self._save_record(kernel)
+            await self._keep_record(kernel, RUNNING)
             self._emit(kernel, connection_info=kernel.connection_info())
         metrics.KERNEL_RESTARTS.labels(kernel.name, "request").inc()
         log.info("Kernel restarted: %s", kernel_id)
@@ -446,6 +455,9 @@ class Kernels:
             log.exception("Kernel %s: shutdown failed; killing it", kernel.id)
             with contextlib.suppress(Exception):
                 await kernel.manager.shutdown_kernel(now=True)
+        await kernel.output.close()
+        # An adopted kernel's manager did not write its connection file, so it would leave it (and its key).
+        adoption.remove_files(Path(kernel.manager.connection_file))
         self.records.remove(kernel.id)
 
     # -- connections and replay ----------------------------------------------------------------
@@ -496,84 +508,108 @@ class Kernels:
 
     # -- records and adoption ------------------------------------------------------------------
 
-    async def _save_record(self, kernel: Kernel, pooled: bool = False) -> None:
-        provisioner = await kernel.manager.provisioner.get_provisioner_info()
-        pid = provisioner.get("pid")
+    async def _save_record(self, kernel: Kernel, state: str, pooled: bool = False) -> None:
+        provisioner = kernel.manager.provisioner
+        info = await provisioner.get_provisioner_info() if provisioner else None
+        pid = info.get("pid") if info else None
         self.records.save(kernel.id, {
             "id": kernel.id,
+            "state": state,
             "pooled": pooled,
             "name": kernel.name,
             "connection_file": kernel.manager.connection_file,
             "env": kernel.requested_env,
-            "provisioner": provisioner,
+            "provisioner": info,
             "start_time": start_time(pid) if pid else None,
         })
 
+    async def _keep_record(self, kernel: Kernel, state: str) -> None:
+        """Record a registered kernel's new state. A record that cannot be written (a full disk) is
+        logged and the kernel carries on; the next save writes it whole."""
+        try:
+            await self._save_record(kernel, state)
+        except OSError as e:
+            log.error("Kernel %s: its record could not be written (%s)", kernel.id, e)
+
     async def adopt_all(self) -> int:
-        """Take over the kernels a previous supervisor left running; forget those that died meanwhile."""
+        """Take over the kernels a previous supervisor left running, stop those it was still starting,
+        start again those it was restarting, and forget those that died meanwhile."""
+        records = self.records.load_all()
+        # A warm kernel that took over a dead kernel's id just before a crash is named by both records.
+        claimed = {r.get("connection_file") for r in records if not r.get("pooled")}
         adopted = 0
-        for record in self.records.load_all():
+        for record in records:
+            if record.get("pooled") and record.get("connection_file") in claimed:
+                self.records.remove(str(record.get("id")))
+                continue
             try:
                 kernel = await self._adopt(record)
             except Exception as e:
                 log.warning("Kernel %s cannot be adopted (%s); forgetting it", record.get("id"), e)
                 kernel = None
             if kernel is None:
-                self._forget(record)
+                adoption.end_kernel(self.records, record, self.settings.runtime_dir)
             elif record.get("pooled"):
                 await self.shutdown(kernel.id, why="shutdown (unused warm kernel)")
             else:
                 adopted += 1
                 log.info("Kernel adopted: %s", kernel.id)
+        log.info("Kernel records read: %d kernel(s) adopted", adopted)
         return adopted
 
     async def _adopt(self, record: dict[str, Any]) -> Kernel | None:
-        info = record["provisioner"]
-        pid = info.get("pid")
-        if pid and (record.get("start_time") is None or start_time(pid) != record["start_time"]):
-            return None  # exited, and its pid may now name another process
-        kernel_id = record["id"]
-        manager = AsyncKernelManager(
-            kernel_name=record["name"], kernel_id=kernel_id, kernel_spec_manager=self.specs,
-            connection_file=record["connection_file"], shutdown_wait_time=self.settings.shutdown_wait,
+        """The record's kernel, registered and watched; None when there is nothing to adopt."""
+        kernel_id, state = valid_kernel_id(record["id"]), record.get("state", RUNNING)
+        pids = adoption.live_processes(record, self.settings.runtime_dir)
+        if state not in (RUNNING, RESTARTING) or (pids is not None and len(pids) != 1):
+            if state != RESTARTING or record.get("pooled"):
+                return None  # never started, or exited (its pid may now name another process): ended
+            for pid in pids or []:
+                kill_group(pid)
+            return await self._start_again(record)
+        manager = await adoption.adopted_manager(
+            record, pids[0] if pids else None, self.specs, self.settings.shutdown_wait,
+            {"env": self.env.kernel(record["env"]), "independent": True, **OUTPUT_PIPES},
         )
-        manager.load_connection_file()
-        provisioner = KernelProvisionerFactory.instance().create_provisioner_instance(
-            kernel_id, manager.kernel_spec, parent=manager
-        )
-        await provisioner.load_provisioner_info(info)
-        if isinstance(provisioner, LocalProvisioner) and pid:
-            provisioner.process = AdoptedProcess(pid)
-        # What start_kernel would have set, had this manager started the kernel: restart needs them.
-        manager.provisioner = provisioner
-        manager._launch_args = {"env": self._kernel_env(record["env"]), "independent": True}
-        manager._attempted_start = True
-        manager._connect_control_socket()
         if not await manager.is_alive():
             return None
-        kernel = Kernel(id=kernel_id, name=record["name"], manager=manager,
-                        iopub=IOPub(kernel_id, self.settings.replay), requested_env=record["env"])
+        kernel = Kernel(id=kernel_id, name=record["name"], manager=manager, iopub=IOPub(kernel_id, self.settings.replay),
+                        output=KernelOutput(kernel_id), requested_env=record["env"])
         kernel.iopub.execution_state = "unknown"  # until its next status message says
         self._kernels[kernel_id] = kernel
         kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel_id}")
         kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel_id}")
         return kernel
 
-    def _forget(self, record: dict[str, Any]) -> None:
-        """Remove what a kernel that died while nobody watched left behind."""
-        self.records.remove(str(record.get("id")))
-        connection_file = Path(str(record.get("connection_file", "")))
-        if connection_file.parent == self.settings.runtime_dir:
-            connection_file.unlink(missing_ok=True)
-        for ipc in self.settings.runtime_dir.glob(f"k-{str(record.get('id'))[:8]}-*"):
-            ipc.unlink(missing_ok=True)
+    async def _start_again(self, record: dict[str, Any]) -> Kernel:
+        """A kernel whose restart a crash interrupted before its new process ran: started anew, same id."""
+        connection_file = adoption.connection_file_of(record, self.settings.runtime_dir)
+        if connection_file:
+            adoption.remove_files(connection_file)
+        kernel = await self._launch(record["name"], record["env"], kernel_id=record["id"])
+        self._register(kernel)
+        return kernel
 
     # -- the end -------------------------------------------------------------------------------
 
     async def shutdown_all(self) -> None:
-        await asyncio.gather(
-            self.pool.close(), *(self.shutdown(k) for k in list(self._kernels)), return_exceptions=True
-        )
+        """Every kernel at once, each step on a deadline; then whatever a record of ours still names is killed.
+        The supervisor stops listening to the kernels first, so no flood of output can slow this down."""
+        kernels = self.list()
+        for kernel in kernels:
+            if kernel.watcher:
+                kernel.watcher.cancel()
+        await asyncio.gather(*(k.watcher for k in kernels if k.watcher), return_exceptions=True)
+        try:
+            async with asyncio.timeout(self.settings.shutdown_wait + SHUTDOWN_MARGIN):
+                await asyncio.gather(
+                    self.pool.close(), *(self.shutdown(k.id) for k in kernels), return_exceptions=True
+                )
+        except TimeoutError:
+            log.error("Kernels did not all shut down within %g s; killing them", self.settings.shutdown_wait + SHUTDOWN_MARGIN)
+        for kernel_id in list(self.records.ours):
+            if record := self.records.load(kernel_id):
+                adoption.end_kernel(self.records, record, self.settings.runtime_dir)
 
     async def release(self) -> None:
         """Stop watching every kernel and leave it running, with its record and files, for the next
@@ -584,6 +620,7 @@ class Kernels:
             if kernel.watcher:
                 kernel.watcher.cancel()
                 await asyncio.gather(kernel.watcher, return_exceptions=True)
+            await kernel.output.close(timeout=0)
             # jupyter_client removes the connection file it wrote when the manager goes; the kernel needs it.
             kernel.manager._connection_file_written = False
         self._kernels.clear()

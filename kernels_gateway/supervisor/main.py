@@ -23,6 +23,7 @@ from .errors import GatewayError
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
 from .lock import RuntimeLock
 from .process import exited
+from .records import own_directory
 from .seed import Seed, load_seed
 from .server import SupervisorServer
 
@@ -66,8 +67,7 @@ def prepare_runtime_dir(config: Config) -> None:
             f"Runtime directory {config.runtime_dir} is too deep for Unix sockets "
             f"(paths are limited to {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir"
         )
-    config.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(config.runtime_dir, 0o700)
+    own_directory(config.runtime_dir)
 
 
 async def serve(config: Config) -> None:

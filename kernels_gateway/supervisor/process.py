@@ -2,6 +2,10 @@
 
 A pidfd becomes readable the moment its process exits, whether or not it is our child, so a kernel's
 death is an event rather than something a poll finds seconds later.
+
+A pid alone proves nothing: it is recycled, and a record naming it may be forged. A kernel process is
+ours when it runs as our user, leads a session of its own (kernels are launched so), and its command
+line names the kernel's connection file; with a start time, it is that one process for good.
 """
 
 from __future__ import annotations
@@ -21,6 +25,40 @@ def start_time(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _owned_by_us(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
+def names_file(pid: int, path: str) -> bool:
+    """Whether the process runs as our user, leads its own session and names `path` on its command line."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        leads = os.getsid(pid) == pid
+    except OSError:
+        return False
+    return leads and _owned_by_us(pid) and any(os.fsencode(path) in arg for arg in argv)
+
+
+def kernel_process(pid: int, started: int | None, connection_file: str) -> bool:
+    """Whether `pid` is provably the kernel launched with this connection file at this start time."""
+    return started is not None and start_time(pid) == started and names_file(pid, connection_file)
+
+
+def processes_naming(path: str) -> list[int]:
+    """Kernel processes launched with this connection file (by start-up or restart: no pid on record)."""
+    return [int(entry.name) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and names_file(int(entry.name), path)]
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL a kernel and whatever it started in its session (it leads its group, see names_file)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 async def exited(pid: int) -> None:
