@@ -37,6 +37,12 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _niceness(value: str) -> int:
+    if not value.isdigit() or int(value) > 19:
+        raise argparse.ArgumentTypeError(f"not a niceness from 0 to 19: {value!r}")
+    return int(value)
+
+
 def _bool(value: str) -> bool:
     if value.lower() in ("1", "true", "yes", "on"):
         return True
@@ -129,6 +135,10 @@ class Config:
     )
     restart_limit: int = _opt(
         5, "restarts of a kernel that keeps dying within 10 s of starting before it is declared dead", (SUPERVISOR,)
+    )
+    kernel_nice: int = _opt(
+        10, "niceness added to every local kernel's process (0-19; 0: none), so that kernels busy with their "
+        "own work leave the gateway its turns", (SUPERVISOR,), parse=_niceness,
     )
     cull_idle_timeout: float = _opt(
         0.0, "shut down kernels idle for longer than this many seconds (0: never)", (SUPERVISOR,)

@@ -134,3 +134,34 @@ async def test_runtime_dir_too_deep_for_ipc_fails_clearly(start_gateway, tmp_pat
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     with pytest.raises(RuntimeError, match="too deep"):
         await start_gateway("--runtime-dir", str(deep), wait_for="never logged")
+
+
+def thread_niceness(pid: int) -> set[int]:
+    """The niceness of every thread of a process (field 19 of each thread's stat)."""
+    return {int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            for task in Path(f"/proc/{pid}/task").iterdir()}
+
+
+@pytest.mark.parametrize("nice", ["10", "0"])
+async def test_kernels_run_nicer_than_the_gateway_and_stay_so_after_a_restart(start_gateway, http, nice):
+    """Kernels busy with their own work must leave the gateway its turns: every thread of a kernel,
+    those ipykernel starts later included, runs --kernel-nice nicer, after a restart too."""
+    from .kernel_client import KernelSocket
+    from .test_survival import start_kernel
+
+    gw = await start_gateway("--initial-kernels", "0", "--kernel-nice", nice)
+    kernel_id = await start_kernel(http, gw)
+    sock = await KernelSocket.open(http, gw, kernel_id)
+    try:
+        for _ in range(2):
+            _, stdout = await sock.execute("import os, threading; print(os.getpid(), os.nice(0), threading.active_count())")
+            pid, niceness, threads = map(int, stdout.split())
+            assert niceness == int(nice) and threads > 1
+            assert thread_niceness(pid) == {int(nice)}
+            assert os.nice(0) == 0 or nice == "0"  # the test runs at the gateway's priority
+            async with http.post(f"{gw.url}/api/kernels/{kernel_id}/restart") as r:
+                assert r.status == 200
+            await sock.close()
+            sock = await KernelSocket.open(http, gw, kernel_id)
+    finally:
+        await sock.close()

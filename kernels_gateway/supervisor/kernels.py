@@ -34,7 +34,7 @@ from .environment import EnvironmentPolicy
 from .errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
 from .output import KernelOutput
 from .pool import WarmPool
-from .process import exited, kill_group, start_time
+from .process import exited, kill_group, lower_priority, start_time
 from .records import DEAD, KERNEL_ID, RESTARTING, RUNNING, STARTING, Records
 from .replay import Missed
 from .seed import Seed
@@ -81,6 +81,7 @@ class KernelSettings:
     cull_busy: bool = False
     pool: tuple[tuple[str, int], ...] = ()  # warm kernels per kernelspec
     seed: Seed | None = None  # code cells run in every new kernel of their language
+    kernel_nice: int = 10  # added to each local kernel's scheduling niceness
 
 
 @dataclass(eq=False)
@@ -227,7 +228,11 @@ class Kernels:
         kernel.keeper = asyncio.create_task(self._keep(kernel), name=f"keeper-{kernel.id}")
 
     async def _follow_output(self, kernel: Kernel) -> None:
-        await kernel.output.follow(getattr(kernel.manager.provisioner, "process", None))
+        """A new process of the kernel runs: log what it prints, and let the gateway go first."""
+        process = getattr(kernel.manager.provisioner, "process", None)
+        await kernel.output.follow(process)
+        if process is not None and self.settings.kernel_nice:
+            lower_priority(process.pid, self.settings.kernel_nice)
 
     def _manager(self, kernel_id: str, name: str) -> AsyncKernelManager:
         manager = AsyncKernelManager(

@@ -57,6 +57,7 @@ def kernel_settings(config: Config, seed: Seed | None = None) -> KernelSettings:
         cull_connected=config.cull_connected,
         cull_busy=config.cull_busy,
         seed=seed,
+        kernel_nice=config.kernel_nice,
         pool=pool_sizes(config.pool, config.force_kernel_name or config.default_kernel_name or NATIVE_KERNEL_NAME),
     )
 

@@ -61,6 +61,17 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def lower_priority(pid: int, increment: int) -> None:
+    """Make every thread of a process `increment` nicer, so that kernels busy with their own work (a
+    print loop on every core) leave the gateway's processes their turns: REST calls, interrupts and
+    websockets then wait for no kernel. Threads started later inherit it from the main thread."""
+    with contextlib.suppress(OSError):  # gone already, or not ours to change
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            tid = int(task.name)
+            niceness = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, niceness + increment))
+
+
 async def exited(pid: int) -> None:
     """Return once the process has exited (at once if it is already gone)."""
     try:
