@@ -9,7 +9,9 @@ from aiohttp import web
 
 from ..supervisor.errors import (
     BadRequest,
+    ExecutionNotFound,
     GatewayError,
+    InputNotPending,
     KernelBusy,
     KernelLimit,
     KernelNotFound,
@@ -27,6 +29,8 @@ STATUS: dict[type[GatewayError], int] = {
     KernelNotFound: 404,
     KernelSpecNotFound: 404,
     SessionNotFound: 404,
+    ExecutionNotFound: 404,
+    InputNotPending: 409,
     KernelBusy: 409,
     KernelStartFailed: 500,
     SupervisorUnavailable: 503,

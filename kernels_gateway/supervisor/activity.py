@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,8 @@ class IOPub:
         self._buffer: deque[tuple[int, float, list[bytes]]] = deque()
         self._buffered_bytes = 0
         self._departed: dict[str, tuple[str | None, int, float]] = {}
+        # Hears every message first (parts after the signature); the execute API's tracking (executions.py).
+        self.observer: Callable[[list[bytes]], None] | None = None
 
     async def watch(self, sub: zmq.asyncio.Socket) -> None:
         try:
@@ -84,6 +87,8 @@ class IOPub:
     def _heard(self, parts: list[bytes]) -> None:
         """parts: header, parent_header, metadata, content, *buffers."""
         self.heard.set()
+        if self.observer is not None:
+            self.observer(parts)
         msg_type = json.loads(parts[0]).get("msg_type")
         if msg_type == WELCOME:
             return  # the kernel greeting a subscription: not activity, and for no client

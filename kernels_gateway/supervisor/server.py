@@ -16,6 +16,7 @@ from typing import Any
 
 from . import metrics, wire
 from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
+from .executions import ExecutionLimits, Executions
 from .kernels import Kernels, valid_kernel_id
 from .sessions import Sessions
 
@@ -50,7 +51,7 @@ Op = Callable[[dict[str, Any], Client], Awaitable[Any]]
 
 
 class SupervisorServer:
-    def __init__(self, kernels: Kernels, socket_path: Path):
+    def __init__(self, kernels: Kernels, socket_path: Path, execution_limits: ExecutionLimits = ExecutionLimits()):
         self.kernels = kernels
         self.socket_path = socket_path
         self._server: asyncio.Server | None = None
@@ -58,6 +59,7 @@ class SupervisorServer:
         self._handlers: set[asyncio.Task] = set()
         self.started = time.time()
         self.sessions = Sessions(kernels)
+        self.executions = Executions(kernels, execution_limits)
         self.ops: dict[str, Op] = {
             "status": self.status,
             "ping": self.ping,
@@ -76,6 +78,7 @@ class SupervisorServer:
             "relayed": self.relayed,
             "hand_over": self.hand_over,
             **self.sessions.ops,
+            **self.executions.ops,
         }
         self.orphaned = False  # our gateway is gone: we wait for the next one to take the kernels over
         self.taken_over = asyncio.Event()
@@ -184,6 +187,7 @@ class SupervisorServer:
 
     async def close(self) -> None:
         self.kernels.listeners.discard(self._broadcast)
+        await self.executions.close()
         if self._server:
             self._server.close()
         for client in list(self._clients):
