@@ -272,11 +272,11 @@ async def test_a_caller_that_disconnects_fetches_later_through_another_worker(st
         [kernel] = await r.json()
     release = tmp_path / "release"
     async with aiohttp.ClientSession() as caller:  # its own connection, closed mid-stream
-        response = await caller.post(f"{first.url}/api/kernels/{kernel['id']}/execute",
-                                     json={"code": _waits_for(release)}, headers=NDJSON)
-        location = response.headers["Location"]
-        assert (await _first_line(response))["text"] == "started\n"
-        response.close()
+        async with caller.post(f"{first.url}/api/kernels/{kernel['id']}/execute",
+                               json={"code": _waits_for(release)}, headers=NDJSON) as response:
+            location = response.headers["Location"]
+            assert (await _first_line(response))["text"] == "started\n"
+            response.close()
     release.touch()
     status, result, _ = await poll(http, second, location)
     assert status == 200 and result["status"] == "ok"
@@ -289,17 +289,17 @@ async def test_a_worker_killed_mid_execution_loses_nothing(start_gateway, http, 
         [kernel] = await r.json()
     release = tmp_path / "release"
     async with aiohttp.ClientSession() as caller:
-        response = await caller.post(f"{gw.url}/api/kernels/{kernel['id']}/execute",
-                                     json={"code": _waits_for(release)}, headers=NDJSON)
-        location = response.headers["Location"]
-        assert (await _first_line(response))["text"] == "started\n"
-        workers = [pid for pid, cmd in children(gw.process.pid).items() if "kernels_gateway web" in cmd]
-        assert len(workers) == 2
-        for worker in workers:  # both, so that the one streaming is among them
-            os.kill(worker, signal.SIGKILL)
-        with pytest.raises((aiohttp.ClientError, ConnectionError)):
-            while await response.content.readline():
-                pass
+        async with caller.post(f"{gw.url}/api/kernels/{kernel['id']}/execute",
+                               json={"code": _waits_for(release)}, headers=NDJSON) as response:
+            location = response.headers["Location"]
+            assert (await _first_line(response))["text"] == "started\n"
+            workers = [pid for pid, cmd in children(gw.process.pid).items() if "kernels_gateway web" in cmd]
+            assert len(workers) == 2
+            for worker in workers:  # both, so that the one streaming is among them
+                os.kill(worker, signal.SIGKILL)
+            with pytest.raises((aiohttp.ClientError, ConnectionError)):
+                while await response.content.readline():
+                    pass
     release.touch()
     status, result, _ = await eventually(lambda: _fetched(http, gw, location))
     assert status == 200 and result["status"] == "ok"
