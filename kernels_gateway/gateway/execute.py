@@ -60,7 +60,7 @@ async def _arguments(request: web.Request) -> dict[str, Any]:
         raise BadRequest("code must be a string")
     if metadata is not None and not isinstance(metadata, dict):
         raise BadRequest("metadata must be an object")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
         raise BadRequest("timeout must be a positive number of seconds")
     if body.get("server") is not None:
         raise BadRequest("server: this gateway runs code on its own kernels only")

@@ -43,6 +43,7 @@ MAX_EVENTS = 10000  # outputs waiting for a streaming caller that stopped readin
 MAX_FORGOTTEN = 1000  # ids of dropped results, remembered to say why they are gone
 OVERHEAD = 512  # bytes each execution counts for, outputs aside: no budget for infinitely many
 CHECK_EVERY = 1.0  # seconds between checks that the kernel still exists while an execution runs
+IDLE_CHECK = 10.0  # the same while none runs
 INTERRUPT_GRACE = 5.0  # seconds a timed-out execution's kernel has to answer after its interrupt
 IDLE_GRACE = 2.0  # seconds to wait for the idle that follows a reply (a flood may have dropped it)
 MAX_WAIT = 2.0  # seconds a streaming worker's wait may last: well within the control deadline
@@ -152,7 +153,7 @@ class Executions:
         if not isinstance(metadata, dict):
             raise BadRequest("metadata must be an object")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or not 0 < timeout < 1e9):
+                                    or not timeout > 0):
             raise BadRequest("timeout must be a positive number of seconds")
         mine = self._for(kernel)
         if len(mine.queue) >= MAX_QUEUED:
@@ -238,8 +239,13 @@ class Executions:
         try:
             while True:
                 if not mine.queue:
+                    # Woken by a submission, or now and then to let go of a kernel that is gone
+                    # (KernelNotFound) and of results past their age.
                     mine.wake.clear()
-                    await mine.wake.wait()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(mine.wake.wait(), IDLE_CHECK)
+                    self.kernels.get(mine.kernel.id)
+                    self._trim(mine)
                     continue
                 execution = mine.queue.popleft()
                 await self._execute(mine, execution)
