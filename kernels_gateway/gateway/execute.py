@@ -54,17 +54,11 @@ def _shaped(request: web.Request, model: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _arguments(request: web.Request) -> dict[str, Any]:
+    """The body's code, metadata and timeout, which the supervisor checks."""
     body = await json_body(request)
-    code, metadata, timeout = body.get("code"), body.get("metadata"), body.get("timeout")
-    if not isinstance(code, str):
-        raise BadRequest("code must be a string")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise BadRequest("metadata must be an object")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
-        raise BadRequest("timeout must be a positive number of seconds")
     if body.get("server") is not None:
         raise BadRequest("server: this gateway runs code on its own kernels only")
-    return {"code": code, "metadata": metadata or {}, "timeout": timeout}
+    return {key: body.get(key) for key in ("code", "metadata", "timeout")}
 
 
 async def execute(request: web.Request) -> web.StreamResponse:

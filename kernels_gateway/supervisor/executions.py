@@ -68,7 +68,7 @@ class Execution:
     msg_id: bytes = b""
     execution_count: int | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # of each output, as the kernel sent its content
     dropped: int = 0
     dropped_bytes: int = 0
     clear_pending: bool = False
@@ -84,10 +84,6 @@ class Execution:
     seq: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def cost(self) -> int:
-        return OVERHEAD + len(self.code) + sum(self.sizes)
 
     def emit(self, line: dict[str, Any]) -> None:
         if self.streamed:
@@ -121,6 +117,8 @@ class KernelExecutions:
         self.by_id: OrderedDict[str, Execution] = OrderedDict()
         self.forgotten: OrderedDict[str, str] = OrderedDict()
         self.queue: deque[Execution] = deque()
+        self.finished: deque[Execution] = deque()  # in the order they ended: the first to be dropped
+        self.bytes = 0  # what every execution in by_id holds: OVERHEAD, code and outputs
         self.wake = asyncio.Event()
         self.current: Execution | None = None
         self.sockets: dict[str, zmq.asyncio.Socket] = {}
@@ -147,10 +145,10 @@ class Executions:
 
     async def submit(self, args: dict, client: Any) -> dict[str, Any]:
         kernel = self.kernels.get(args.get("kernel_id"))
-        code, metadata, timeout = args.get("code"), args.get("metadata") or {}, args.get("timeout")
+        code, metadata, timeout = args.get("code"), args.get("metadata"), args.get("timeout")
         if not isinstance(code, str):
             raise BadRequest("code must be a string")
-        if not isinstance(metadata, dict):
+        if metadata is not None and not isinstance(metadata, dict):
             raise BadRequest("metadata must be an object")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not timeout > 0):
@@ -158,12 +156,14 @@ class Executions:
         mine = self._for(kernel)
         if len(mine.queue) >= MAX_QUEUED:
             raise KernelBusy(f"{MAX_QUEUED} executions wait already on kernel {kernel.id}")
-        execution = Execution(id=str(uuid.uuid4()), kernel_id=kernel.id, code=code, metadata=metadata,
+        execution = Execution(id=str(uuid.uuid4()), kernel_id=kernel.id, code=code, metadata=metadata or {},
                               timeout=timeout, streamed=bool(args.get("stream")))
         mine.by_id[execution.id] = execution
+        mine.bytes += OVERHEAD + len(code)
         mine.queue.append(execution)
         mine.wake.set()
         kernel.iopub.last_activity = time.time()  # asked to work: not idle, for the culler
+        self._expire(mine)
         self._trim(mine)
         return execution.model()
 
@@ -219,7 +219,7 @@ class Executions:
         mine = self._by_kernel.get(kernel.id)
         if mine is None or not isinstance(request_id, str):
             raise ExecutionNotFound(str(request_id)[:100], kernel.id)
-        self._trim(mine)
+        self._expire(mine)
         if request_id in mine.by_id:
             return mine.by_id[request_id]
         raise ExecutionNotFound(request_id[:100], kernel.id, mine.forgotten.get(request_id, ""))
@@ -245,10 +245,9 @@ class Executions:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(mine.wake.wait(), IDLE_CHECK)
                     self.kernels.get(mine.kernel.id)
-                    self._trim(mine)
+                    self._expire(mine)
                     continue
-                execution = mine.queue.popleft()
-                await self._execute(mine, execution)
+                await self._execute_next(mine)
         except KernelNotFound:
             pass
         finally:
@@ -258,12 +257,15 @@ class Executions:
             if mine.kernel.iopub.observer is mine.observer:
                 mine.kernel.iopub.observer = None
 
-    async def _execute(self, mine: KernelExecutions, execution: Execution) -> None:
+    async def _execute_next(self, mine: KernelExecutions) -> None:
         kernel = mine.kernel
-        async with kernel.lock:  # never while a restart or an interrupt is under way
+        # Never while a restart or an interrupt is under way; taken from the queue only then, so that a
+        # restart meanwhile ends it with those queued behind it.
+        async with kernel.lock:
             self.kernels.get(kernel.id)
-            if execution.done.is_set():
-                return  # ended while it waited (the kernel restarted)
+            if not mine.queue:
+                return
+            execution = mine.queue.popleft()
             shell = self._socket(mine, "shell")
             self._socket(mine, "stdin")
             message = kernel.manager.session.msg("execute_request", {
@@ -291,7 +293,6 @@ class Executions:
                     await self._time_out(mine, execution)
         finally:
             mine.current = None
-            self._trim(mine)
 
     async def _time_out(self, mine: KernelExecutions, execution: Execution) -> None:
         log.info("Execution %s on kernel %s ran out of time; interrupting the kernel", execution.id, mine.kernel.id)
@@ -312,6 +313,9 @@ class Executions:
         execution.input_request = execution.input_parent = None
         execution.finished_at = time.time()
         execution.done.set()
+        mine = self._by_kernel.get(execution.kernel_id)
+        if mine is not None and execution.id in mine.by_id:
+            mine.finished.append(execution)
         execution.changed.set()
         seconds = time.monotonic() - execution.started if execution.started else 0.0
         metrics.execution_done(execution.status, seconds)
@@ -337,20 +341,22 @@ class Executions:
             if json.loads(parts[3]).get("wait"):
                 execution.clear_pending = True
             else:
-                self._clear(execution)
+                self._clear(mine, execution)
             return
         if msg_type not in OUTPUT_TYPES:
             return
         if execution.clear_pending:
-            self._clear(execution)
+            self._clear(mine, execution)
         output = _output(msg_type, json.loads(parts[3]))
         execution.outputs.append(output)
         execution.sizes.append(len(parts[3]))
+        mine.bytes += len(parts[3])
         execution.emit(output)
         self._trim(mine)
 
-    def _clear(self, execution: Execution) -> None:
+    def _clear(self, mine: KernelExecutions, execution: Execution) -> None:
         execution.clear_pending = False
+        mine.bytes -= sum(execution.sizes)
         execution.outputs.clear()
         execution.sizes.clear()
         execution.emit({"output_type": "clear_output"})
@@ -438,31 +444,29 @@ class Executions:
             running = execution is mine.current
             self._finish(execution, status, f"{why} {'during' if running else 'before'} the execution")
 
+    def _expire(self, mine: KernelExecutions) -> None:
+        """Drop the results kept longer than max_age."""
+        oldest = time.time() - self.limits.max_age
+        while mine.finished and mine.finished[0].finished_at < oldest:
+            self._forget(mine, mine.finished.popleft(), f"its result was kept {self.limits.max_age:g} s")
+
     def _trim(self, mine: KernelExecutions) -> None:
-        """Drop what is past its age, then what is over the size: the oldest results, then the oldest
-        outputs of the running execution."""
-        now = time.time()
-        for execution in list(mine.by_id.values()):
-            if execution.done.is_set() and now - execution.finished_at > self.limits.max_age:
-                self._forget(mine, execution, f"its result was kept {self.limits.max_age:g} s")
-        total = sum(execution.cost for execution in mine.by_id.values())
-        for execution in list(mine.by_id.values()):
-            if total <= self.limits.max_bytes:
-                return
-            if execution.done.is_set():
-                total -= execution.cost
-                self._forget(mine, execution, f"kernel {mine.kernel.id} holds at most {self.limits.max_bytes} "
-                                              "bytes of results")
+        """Keep the kernel under max_bytes: drop the oldest results, then the oldest outputs of the
+        running execution, which its result counts. Cheap enough to run at every output."""
+        while mine.bytes > self.limits.max_bytes and mine.finished:
+            self._forget(mine, mine.finished.popleft(),
+                         f"kernel {mine.kernel.id} holds at most {self.limits.max_bytes} bytes of results")
         current = mine.current
-        while current and total > self.limits.max_bytes and current.outputs:
+        while current and mine.bytes > self.limits.max_bytes and current.outputs:
             current.outputs.pop(0)
             size = current.sizes.pop(0)
             current.dropped += 1
             current.dropped_bytes += size
-            total -= size
+            mine.bytes -= size
 
     def _forget(self, mine: KernelExecutions, execution: Execution, why: str) -> None:
         del mine.by_id[execution.id]
+        mine.bytes -= OVERHEAD + len(execution.code) + sum(execution.sizes)
         mine.forgotten[execution.id] = why
         while len(mine.forgotten) > MAX_FORGOTTEN:
             mine.forgotten.popitem(last=False)
