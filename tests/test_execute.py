@@ -330,3 +330,40 @@ async def test_what_is_over_the_limits_is_dropped_and_said(start_gateway, http):
     assert len(flood["outputs"]) + dropped["outputs"] == 200 and flood["outputs"][-1]["text"] == "x" * 1000 + "\n"
     async with http.get(f"http://127.0.0.1:{gw.port}{old['request_url']}") as r:
         assert r.status == 404 and "holds at most 100000 bytes" in (await r.json())["message"]
+
+
+async def test_results_are_kept_for_their_age_only(start_gateway, http):
+    gw = await start_gateway("--execution-age", "1")
+    async with http.get(f"{gw.url}/api/kernels") as r:
+        [kernel] = await r.json()
+    result = await run(http, gw, kernel["id"], "1")
+
+    async def gone():
+        async with http.get(f"http://127.0.0.1:{gw.port}{result['request_url']}") as r:
+            return r.status == 404 and "its result was kept 1 s" in (await r.json())["message"]
+
+    await eventually(gone)
+
+
+async def test_a_flood_streams_whole_while_the_gateway_answers(gateway, http, kernel):
+    lines = 20000
+    code = f"for i in range({lines}):\n    print(i)"
+    async with http.post(f"{gateway.url}/api/kernels/{kernel['id']}/execute", json={"code": code},
+                         headers=NDJSON) as r:
+        first = await r.content.readline()
+        async with http.get(f"{gateway.url}/api/health") as health:  # the control path is not starved
+            assert health.status == 200
+        streamed = [json.loads(first)] + [json.loads(line) async for line in r.content]
+    result = streamed[-1]
+    assert result["status"] == "ok"
+    text = "".join(o["text"] for o in streamed[:-1])
+    assert text == "".join(f"{i}\n" for i in range(lines))
+    assert "".join(o["text"] for o in result["outputs"]) == text
+
+
+async def test_a_kernel_shut_down_takes_its_executions_with_it(gateway, http, kernel):
+    _, _, location = await post_execute(http, gateway, kernel["id"], {"code": "import time\ntime.sleep(600)"})
+    async with http.delete(f"{gateway.url}/api/kernels/{kernel['id']}") as r:
+        assert r.status == 204
+    async with http.get(f"http://127.0.0.1:{gateway.port}{location}") as r:
+        assert r.status == 404 and "Kernel does not exist" in (await r.json())["message"]
