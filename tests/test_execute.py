@@ -282,6 +282,12 @@ async def test_a_caller_that_disconnects_fetches_later_through_another_worker(st
     assert status == 200 and result["status"] == "ok"
     assert [o["text"] for o in json.loads(result["outputs"])] == ["started\n", "finished\n"]
 
+    async def answered():  # the first worker's handler ended (its access log line), quietly
+        return f"POST /api/kernels/{kernel['id']}/execute HTTP/1.1" in first.log()
+
+    await eventually(answered)
+    assert "Traceback" not in first.log() and "[E " not in first.log(), first.log()
+
 
 async def test_a_worker_killed_mid_execution_loses_nothing(start_gateway, http, tmp_path):
     gw = await start_gateway("--workers", "2")

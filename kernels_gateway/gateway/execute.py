@@ -8,6 +8,7 @@ carries plain JSON. Every `Location` and `request_url` includes the base path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -80,28 +81,30 @@ async def execute(request: web.Request) -> web.StreamResponse:
 
 async def _stream(request: web.Request, model: dict[str, Any], headers: dict[str, str]) -> web.StreamResponse:
     """Lines as the kernel produces them, fetched from the supervisor in batches (one request per
-    batch, however many outputs it holds), so a flood costs no request per output."""
+    batch, however many outputs it holds), so a flood costs no request per output. A caller that goes
+    away ends only this loop: the execution goes on."""
     response = web.StreamResponse(status=200, headers={**headers, "Content-Type": NDJSON})
     await response.prepare(request)
     supervisor, after = request.app[SUPERVISOR], 0
     ids = {"kernel_id": model["kernel_id"], "request_id": model["request_id"]}
-    while True:
-        try:
-            found = await supervisor.execution("wait", after=after, **ids)
-        except GatewayError as e:  # the supervisor went away: say so, in band, and end
-            await response.write(_line({"error": {"message": e.message}}))
-            break
-        lines = found["lines"]
-        if found["missed"]:
-            lines.insert(0, {"dropped": {"lines": found["missed"]}})
-        after = found["last"]
-        if "result" in found:
-            lines.append({**_shaped(request, found["result"]), "outputs": found["result"]["outputs"]})
-        if lines:
-            await response.write(b"".join(map(_line, lines)))
-        if "result" in found:
-            break
-    await response.write_eof()
+    with contextlib.suppress(ConnectionResetError):
+        while True:
+            try:
+                found = await supervisor.execution("wait", after=after, **ids)
+            except GatewayError as e:  # the supervisor went away, or the result with it: say so, and end
+                await response.write(_line({"error": {"message": e.message}}))
+                break
+            lines = found["lines"]
+            if found["missed"]:
+                lines.insert(0, {"dropped": {"lines": found["missed"]}})
+            after = found["last"]
+            if "result" in found:
+                lines.append({**_shaped(request, found["result"]), "outputs": found["result"]["outputs"]})
+            if lines:
+                await response.write(b"".join(map(_line, lines)))
+            if "result" in found:
+                break
+        await response.write_eof()
     return response
 
 
