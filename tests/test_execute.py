@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 
 from .conftest import eventually
-from .kernel_client import KernelSocket
 from .test_process import children
 
 NDJSON = {"Accept": "application/x-ndjson"}
