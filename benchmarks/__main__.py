@@ -24,6 +24,7 @@ from .targets import KG, RAW, REPO, THIS, Fleet, KernelGateway, write_kernelspec
 
 WORKLOADS = {
     "execute": messages.execute,
+    "http-execute": messages.http_execute,
     "start": starts.start,
     "output": messages.output,
     "rest": rest.rest,

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 
+from .clients import StreamingExecute
 from .results import Results, median
 from .settings import Settings
-from .targets import Fleet
+from .targets import THIS, Fleet
 
 EXECUTE = "execute"
+HTTP_EXECUTE = "http-execute"
 OUTPUT = "output"
 ROUND_TRIP = "round trip {p} ({protocol})"
 CHUNK = 64 * 1024  # bytes per write, newline included
@@ -62,9 +64,27 @@ async def execute(fleet: Fleet, settings: Settings, results: Results) -> None:
         await _execute(targets, settings, results)
 
 
-async def _execute(targets, settings: Settings, results: Results) -> None:
+async def http_execute(fleet: Fleet, settings: Settings, results: Results) -> None:
+    """The round trip of `1` through this gateway's POST .../execute, streamed as ndjson (to the result
+    line), beside the websocket round trips and raw jupyter_client's in the same rounds."""
+    async with fleet.running(fleet.names) as targets:
+        await _execute(targets, settings, results, HTTP_EXECUTE)
+    http = ROUND_TRIP.replace("{protocol}", StreamingExecute.protocol).format(p="p50")
+    for protocol in ("legacy", "v1"):
+        websocket = results.value(HTTP_EXECUTE, ROUND_TRIP.replace("{protocol}", protocol).format(p="p50"), THIS)
+        ours = results.value(HTTP_EXECUTE, http, THIS)
+        if websocket and ours:
+            results.note(HTTP_EXECUTE, f"POST execute (ndjson) p50 / websocket ({protocol}) p50: {ours / websocket:.2f}")
+
+
+async def _execute(targets, settings: Settings, results: Results, workload: str = EXECUTE) -> None:
     incomplete = 0
-    async with _clients(targets, results, EXECUTE) as clients:
+    async with _clients(targets, results, workload) as clients:
+        if workload == HTTP_EXECUTE:
+            for target in targets:
+                if target.name == THIS:
+                    kernel_id = await target.start_kernel()
+                    clients.append((target, StreamingExecute.protocol, StreamingExecute(target.http, target.url, kernel_id)))
         samples = {(target.name, protocol): [] for target, protocol, _ in clients}
         for _, _, client in clients:
             for _ in range(settings.warmup):
@@ -80,9 +100,9 @@ async def _execute(targets, settings: Settings, results: Results) -> None:
                         incomplete += 1
     for (name, protocol), seconds in samples.items():
         for shown in _shown_as(protocol, clients):
-            results.latency(EXECUTE, ROUND_TRIP.replace("{protocol}", shown), name, seconds)
+            results.latency(workload, ROUND_TRIP.replace("{protocol}", shown), name, seconds)
     if incomplete:
-        results.note(EXECUTE, f"{incomplete} requests got no reply within {settings.request_timeout:g} s")
+        results.note(workload, f"{incomplete} requests got no reply within {settings.request_timeout:g} s")
 
 
 async def output(fleet: Fleet, settings: Settings, results: Results) -> None:

@@ -158,6 +158,13 @@ class Config:
         8 << 20, "iopub bytes kept per kernel for clients that reconnect with the same session_id", (SUPERVISOR,)
     )
     replay_age: float = _opt(120.0, "seconds that replayable iopub messages are kept", (SUPERVISOR,))
+    execution_bytes: int = _opt(
+        32 << 20, "bytes of code and outputs kept per kernel for the execute API (running and finished "
+        "executions); past it the oldest results, then the oldest outputs, are dropped, and results say so",
+        (SUPERVISOR,),
+    )
+    execution_age: float = _opt(600.0, "seconds the execute API keeps a finished execution's result",
+                                (SUPERVISOR,))
     max_body_size: int = _opt(1 << 20, "largest request body in bytes", (WEB,))
     max_message_size: int = _opt(64 << 20, "largest websocket message in bytes", (WEB,))
     ws_ping_interval: float = _opt(

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..supervisor.client import SupervisorClient
-from . import handlers, sessions
+from . import execute, handlers, sessions
 from .auth import host_checked, local_only, setup_cors, token_required
 from .channels import channels, close_all, progress_map, relay_event
 from .errors import json_errors
@@ -46,6 +46,7 @@ def routes(base: str, with_sessions: bool = False, with_cors: bool = False) -> l
         web.post(f"{base}{KERNEL}/interrupt", handlers.interrupt_kernel),
         web.post(f"{base}{KERNEL}/restart", handlers.restart_kernel),
         web.get(f"{base}{KERNEL}/channels", channels, allow_head=False),
+        *execute.routes(base),
         web.get(f"{base}/metrics", metrics),
         *(sessions.routes(base) if with_sessions else []),
         *(web.route(method, "/{path:.*}", handlers.unknown_route) for method in unknown),

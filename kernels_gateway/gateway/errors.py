@@ -11,7 +11,9 @@ from .limits import files_in_use, is_out_of_files, out_of_files
 
 from ..supervisor.errors import (
     BadRequest,
+    ExecutionNotFound,
     GatewayError,
+    InputNotPending,
     KernelBusy,
     KernelLimit,
     KernelNotFound,
@@ -30,6 +32,8 @@ STATUS: dict[type[GatewayError], int] = {
     KernelNotFound: 404,
     KernelSpecNotFound: 404,
     SessionNotFound: 404,
+    ExecutionNotFound: 404,
+    InputNotPending: 409,
     KernelBusy: 409,
     KernelStartFailed: 500,
     SupervisorUnavailable: 503,

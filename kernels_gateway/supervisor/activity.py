@@ -96,6 +96,8 @@ class IOPub:
         self.execution_state = "starting"
         self.last_activity = time.time()
         self.heard = asyncio.Event()  # set by every message: proof that the subscription is live
+        # Hears every message first (parts after the signature); the execute API's tracking (executions.py).
+        self.observer: Callable[[list[bytes]], None] | None = None
 
     async def watch(self, sub: zmq.asyncio.Socket) -> None:
         try:
@@ -113,6 +115,8 @@ class IOPub:
         """parts: header, parent_header, metadata, content, *buffers. Only status messages and
         welcomes are parsed; everything else is kept as it came."""
         self.heard.set()
+        if self.observer is not None:
+            self.observer(parts)
         header = parts[0]
         if message_type(header, WELCOME_TYPE) == WELCOME:
             return  # the kernel greeting a subscription: not activity, and for no client

@@ -65,6 +65,10 @@ class SupervisorClient:
         """A sessions operation (create, list, get, update, delete): see supervisor/sessions.py."""
         return await self.request(f"session_{op}", **args)
 
+    async def execution(self, op: str, **args: Any) -> Any:
+        """An execute API operation (submit, get, wait, input, list): see supervisor/executions.py."""
+        return await self.request(f"execute_{op}", **args)
+
     async def kernelspecs(self) -> dict:
         return await self.request("kernelspecs")
 

@@ -26,6 +26,20 @@ class SessionNotFound(GatewayError):
         super().__init__(f"Session not found: {session_id}")
 
 
+class ExecutionNotFound(GatewayError):
+    code = "execution_not_found"
+
+    def __init__(self, request_id: str, kernel_id: str = "", why: str = ""):
+        super().__init__(f"Execution request {request_id} for kernel {kernel_id} does not exist"
+                         + (f" any more: {why}" if why else ""))
+
+
+class InputNotPending(GatewayError):
+    """An input reply for a kernel whose executions wait for no input."""
+
+    code = "input_not_pending"
+
+
 class KernelSpecNotFound(GatewayError):
     code = "kernelspec_not_found"
 
@@ -67,6 +81,8 @@ BY_CODE: dict[str, type[GatewayError]] = {
         GatewayError,
         KernelNotFound,
         SessionNotFound,
+        ExecutionNotFound,
+        InputNotPending,
         KernelSpecNotFound,
         KernelLimit,
         KernelBusy,

@@ -20,6 +20,7 @@ from ..systemd import Notifier
 from .replay import ReplayLimits
 from .client import SupervisorClient
 from .errors import GatewayError
+from .executions import ExecutionLimits
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
 from .lock import RuntimeLock
 from .process import exited
@@ -106,7 +107,8 @@ async def _serve(config: Config) -> None:
     if seed:
         log.info("Seeding %s kernels with %d cell(s) of %s", seed.language, len(seed.cells), seed.uri)
     kernels = Kernels(kernel_settings(config, seed))
-    server = SupervisorServer(kernels, config.socket_path)
+    limits = ExecutionLimits(max_bytes=config.execution_bytes, max_age=config.execution_age)
+    server = SupervisorServer(kernels, config.socket_path, limits)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -50,6 +50,14 @@ REQUEST_SECONDS = Histogram(
     ["op", "outcome"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,
 )
+EXECUTIONS = Counter(
+    "kernels_gateway_executions", "Code run through the execute API, by how it ended", ["status"], registry=REGISTRY
+)
+EXECUTION_SECONDS = Histogram(
+    "kernels_gateway_execution_seconds", "Seconds from sending an execution to the kernel to its end",
+    ["status"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+    registry=REGISTRY,
+)
 WEBSOCKETS_OPENED = Counter(
     "kernels_gateway_websockets_opened", "Websockets opened to kernels", registry=REGISTRY
 )
@@ -105,6 +113,11 @@ def kernel_start(kernelspec: str) -> Iterator[None]:
 def request_done(op: Any, known: Container[str], ok: bool, seconds: float) -> None:
     label = op if isinstance(op, str) and op in known else "unknown"  # labels only from the table of ops
     REQUEST_SECONDS.labels(label, "ok" if ok else "error").observe(seconds)
+
+
+def execution_done(status: str, seconds: float) -> None:
+    EXECUTIONS.labels(status).inc()
+    EXECUTION_SECONDS.labels(status).observe(seconds)
 
 
 def watch(kernels) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import metrics, progress, replies, wire
 from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
+from .executions import ExecutionLimits, Executions
 from .kernels import Kernels, valid_kernel_id
 from .sessions import Sessions
 
@@ -54,7 +55,7 @@ Op = Callable[[dict[str, Any], Client], Awaitable[Any]]
 
 
 class SupervisorServer:
-    def __init__(self, kernels: Kernels, socket_path: Path):
+    def __init__(self, kernels: Kernels, socket_path: Path, execution_limits: ExecutionLimits = ExecutionLimits()):
         self.kernels = kernels
         self.socket_path = socket_path
         self._server: asyncio.Server | None = None
@@ -63,6 +64,7 @@ class SupervisorServer:
         self.started = time.time()
         self.sessions = Sessions(kernels)
         self._collectors: set[asyncio.Task] = set()  # replies for websockets of workers that died
+        self.executions = Executions(kernels, execution_limits)
         self.ops: dict[str, Op] = {
             "status": self.status,
             "ping": self.ping,
@@ -83,6 +85,7 @@ class SupervisorServer:
             "relayed": self.relayed,
             "hand_over": self.hand_over,
             **self.sessions.ops,
+            **self.executions.ops,
         }
         self.orphaned = False  # our gateway is gone: we wait for the next one to take the kernels over
         self.taken_over = asyncio.Event()
@@ -254,6 +257,7 @@ class SupervisorServer:
         for collector in self._collectors:
             collector.cancel()
         await asyncio.gather(*self._collectors, return_exceptions=True)
+        await self.executions.close()
         if self._server:
             self._server.close()
         for client in list(self._clients):
