@@ -20,6 +20,7 @@ from ..systemd import Notifier
 from .activity import ReplayLimits
 from .client import SupervisorClient
 from .errors import GatewayError
+from .fork_provisioner import start_templates
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
 from .lock import RuntimeLock
 from .process import exited
@@ -105,6 +106,7 @@ async def _serve(config: Config) -> None:
     if seed:
         log.info("Seeding %s kernels with %d cell(s) of %s", seed.language, len(seed.cells), seed.uri)
     kernels = Kernels(kernel_settings(config, seed))
+    templates = await start_templates(kernels, config.fork, config.preload)
     server = SupervisorServer(kernels, config.socket_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,6 +142,8 @@ async def _serve(config: Config) -> None:
                 await server.close()
                 await kernels.shutdown_all()
             kernels.close()
+            if templates:
+                await templates.close()
 
 
 async def _until_stopped_or_orphaned(stop: asyncio.Event, arbiter_pid: int) -> bool:
