@@ -89,6 +89,8 @@ class ForkProvisioner(LocalProvisioner):
                 return await self._fork(template, cmd, kwargs)
             except TemplateError as e:
                 why = f"the template of {template.name} failed to fork: {e}"
+                if not template.alive:
+                    _templates.revive(template)
         log.info("Kernel %s launched, not forked: %s", self.kernel_id, why)
         return await super().launch_kernel(cmd, **kwargs)
 

@@ -17,9 +17,11 @@ children but the supervisor's (see `fork`), so they are watched, reaped and adop
 from __future__ import annotations
 
 import atexit
+import ctypes
 import importlib
 import json
 import os
+import runpy
 import socket
 import sys
 import traceback
@@ -34,6 +36,17 @@ def send(channel: socket.socket, message: dict, fds: list[int] = ()) -> None:
 def receive(channel: socket.socket, max_fds: int = 0) -> tuple[dict | None, list[int]]:
     data, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, max_fds)
     return (json.loads(data) if data else None), fds
+
+
+def quiesce_thread_pools() -> None:
+    """OpenBLAS starts worker threads as numpy is imported; it stops them itself before a fork (its
+    pthread_atfork handler) and starts them again when a kernel needs them. Stopping them now makes the
+    template single-threaded again, as the check before every fork requires."""
+    libraries = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.rsplit("/", 1)[-1]}
+    for path in libraries:
+        shutdown = getattr(ctypes.CDLL(path), "blas_thread_shutdown_", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def why_not_fork() -> str:
@@ -83,7 +96,7 @@ def fork(request: dict, fds: list[int]) -> tuple[int, int]:
 
 def become_kernel(request: dict, fds: list[int]) -> None:
     """In the child: what a launched kernel would have (own session, descriptors, environment, working
-    directory, argv, random state), then ipykernel_launcher's own code."""
+    directory, argv, random state), then ipykernel_launcher."""
     code = 1
     try:
         os.setsid()
@@ -93,18 +106,15 @@ def become_kernel(request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        import ipykernel_launcher
         import setproctitle
 
-        # As `python -m ipykernel_launcher ARGS` would see it: the launcher as argv[0], the cwd first on
-        # sys.path; and named so in ps and /proc, where the template's own command line would be shown.
-        sys.argv = [ipykernel_launcher.__file__, *request["argv"]]
+        # `python -m ipykernel_launcher ARGS`, as the interpreter would run it: the cwd first on sys.path, the
+        # launcher as __main__ and argv[0]; named so in ps and /proc, where the template's title would show.
+        sys.argv = ["-m", *request["argv"]]
         sys.path[0] = os.getcwd()
         setproctitle.setproctitle(" ".join([sys.executable, "-m", "ipykernel_launcher", *request["argv"]]))
         reseed()
-        from ipykernel import kernelapp
-
-        kernelapp.launch_new_instance()
+        runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -155,13 +165,14 @@ def serve(channel: socket.socket) -> int:
 
 def main(argv: list[str]) -> int:
     channel = socket.socket(fileno=int(argv[0]))
-    modules = ["ipykernel.kernelapp", "ipykernel_launcher", "setproctitle", *(m for m in (argv[1:] or [""])[0].split(",") if m)]
+    modules = ["ipykernel.kernelapp", "setproctitle", *(m for m in (argv[1:] or [""])[0].split(",") if m)]
     for name in modules:
         try:
             importlib.import_module(name)
         except BaseException as e:  # SystemExit included: a module may exit as it is imported
             send(channel, {"error": f"cannot import {name}: {type(e).__name__}: {e}"})
             return 1
+    quiesce_thread_pools()
     import setproctitle
 
     # Claims the room of argv and the environment for the kernels' titles now, while the environment is whole.

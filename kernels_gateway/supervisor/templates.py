@@ -21,6 +21,8 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
+from .process import exited
+
 log = logging.getLogger("kernels_gateway.supervisor")
 
 PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
@@ -42,6 +44,7 @@ class Template:
         self.process: subprocess.Popen | None = None
         self._channel: socket.socket | None = None
         self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task | None = None
 
     @property
     def alive(self) -> bool:
@@ -71,6 +74,12 @@ class Template:
             raise TemplateError(f"the template of {self.name} did not start: {answer['error']}")
         log.info("Template of %s ready (pid %d%s)", self.name, self.process.pid,
                  f", preloaded {', '.join(self.preload)}" if self.preload else "")
+        self._watcher = asyncio.create_task(self._reap(), name=f"template-{self.name}")
+
+    async def _reap(self) -> None:
+        """Reap the template as soon as it dies: the next kernel it would have forked starts a new one."""
+        await exited(self.process.pid)
+        log.warning("Template of %s exited (code %s)", self.name, self.process.wait())
 
     async def fork(self, argv: list[str], env: Mapping[str, str], cwd: str, stdio: list[int],
                    timeout: float) -> tuple[int, int]:
@@ -109,6 +118,10 @@ class Template:
 
     async def stop(self, wait: float = 5.0) -> None:
         """Close the channel (the template exits on its own), then SIGKILL after the deadline."""
+        if self._watcher:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._channel:
             self._channel.close()
             self._channel = None
@@ -150,8 +163,7 @@ class Templates:
             self._revivals[template.name] = asyncio.create_task(self._revive(template), name=f"template-{template.name}")
 
     async def _revive(self, template: Template) -> None:
-        code = template.process.poll() if template.process else None
-        log.warning("Template of %s exited (code %s); starting a new one", template.name, code)
+        log.info("Starting a new template of %s", template.name)
         await template.stop()
         try:
             await template.start(self.timeout)
