@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import messages, profile, recovery, report, rest, scale, starts
+from . import forks, messages, profile, recovery, report, rest, scale, starts
 from .results import Results, describe
 from .settings import DEFAULT, QUICK, Settings
 from .targets import KG, RAW, REPO, THIS, Fleet, KernelGateway, write_kernelspec
@@ -31,6 +31,7 @@ WORKLOADS = {
     "concurrent-starts": starts.concurrent_starts,
     "load": scale.load,
     "recovery": recovery.recovery,
+    "fork": forks.fork,
 }
 GROUPS = {"all": list(WORKLOADS), "scale": ["idle-websockets", "concurrent-starts", "load"]}
 TARGETS = {"this": THIS, "kg": KG, "raw": RAW}

@@ -14,6 +14,8 @@ template is not running (it is then started again).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -117,8 +119,18 @@ class ForkProvisioner(LocalProvisioner):
     async def _fork(self, template: Template, cmd: list[str], kwargs: dict[str, Any]) -> KernelConnectionInfo:
         cwd = str(kwargs.get("cwd") or os.getcwd())
         stdio = open_stdio(kwargs.get("stdout"), kwargs.get("stderr"))
+        exchange = asyncio.ensure_future(
+            template.fork(cmd[3:], kwargs.get("env") or os.environ, cwd, stdio, FORK_TIMEOUT)
+        )
         try:
-            pid, pidfd = await template.fork(cmd[3:], kwargs.get("env") or os.environ, cwd, stdio, FORK_TIMEOUT)
+            pid, pidfd = await asyncio.shield(exchange)
+        except asyncio.CancelledError:
+            # The kernel may be forked already: hold on to it, so that the shutdown that follows a
+            # cancelled start stops it too.
+            with contextlib.suppress(Exception):
+                pid, pidfd = await exchange
+                self.process, self.pid, self.pgid = ForkedProcess(pid, pidfd), pid, pid
+            raise
         finally:
             for fd in stdio:
                 os.close(fd)
@@ -138,7 +150,7 @@ def _has_fd(stream: object) -> bool:
         return False
 
 
-async def start_templates(kernels: Kernels, fork: str, preload: tuple[str, ...]) -> Templates | None:
+async def start_templates(kernels: Kernels, fork: str, preload: tuple[str, ...], first: str = "") -> Templates | None:
     """With forking on: a template per Python kernelspec, and this provisioner as the default one (kernelspecs
     that name a provisioner keep theirs). A module that cannot be preloaded stops the start-up."""
     if fork == "none":
@@ -151,8 +163,11 @@ async def start_templates(kernels: Kernels, fork: str, preload: tuple[str, ...])
         if forks_python(spec.argv) and not spec.metadata.get("kernel_provisioner"):
             specs[name] = {**kernels._kernel_env({}), **spec.env}
     templates = Templates(preload, kernels.settings.start_timeout)
+    # Those of the kernels about to start: the first ones, the default kernelspec's and the warm pool's.
+    now = {(kernels.settings.force_kernel_name or first or kernels.default_name).lower(), kernels.default_name.lower(),
+           *(name for name, _ in kernels.settings.pool)}
     try:
-        await templates.start(specs)
+        await templates.start(specs, now)
     except TemplateError as e:
         raise RuntimeError(str(e)) from None
     KernelProvisionerFactory.instance().default_provisioner_name = "fork-provisioner"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -173,6 +174,9 @@ def main(argv: list[str]) -> int:
             send(channel, {"error": f"cannot import {name}: {type(e).__name__}: {e}"})
             return 1
     quiesce_thread_pools()
+    # What is imported now stays out of the collector's sight, so that no collection in a kernel writes to
+    # (and so copies) the pages it shares with the template.
+    gc.freeze()
     import setproctitle
 
     # Claims the room of argv and the environment for the kernels' titles now, while the environment is whole.

@@ -106,7 +106,7 @@ async def _serve(config: Config) -> None:
     if seed:
         log.info("Seeding %s kernels with %d cell(s) of %s", seed.language, len(seed.cells), seed.uri)
     kernels = Kernels(kernel_settings(config, seed))
-    templates = await start_templates(kernels, config.fork, config.preload)
+    templates = await start_templates(kernels, config.fork, config.preload, config.kernel_name)
     server = SupervisorServer(kernels, config.socket_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -5,7 +5,8 @@ The supervisor is the parent of every forked kernel: a subreaper while a templat
 kernel when the template's middle process exits. A template exits when the supervisor does (its end of
 the socketpair closes); kernels run on in their own sessions, whether their template lives or not, and
 the next supervisor adopts them and starts templates of its own.
-A template that dies is started again on the next kernel it would have forked.
+Templates of the default and the warm pool's kernelspecs start with the supervisor, others with the first
+kernel that needs one; a template that dies is started again on the next kernel it would have forked.
 """
 
 from __future__ import annotations
@@ -93,7 +94,13 @@ class Template:
                     socket.send_fds(self._channel, [request], stdio)
                 except OSError as e:
                     raise TemplateError(f"the request could not be sent: {e}") from None
-                answer, fds = await self._receive(timeout)
+                try:
+                    answer, fds = await self._receive(timeout)
+                except BaseException:
+                    # An answer may still come, and would be taken for the next request's: a template
+                    # out of step is killed, and started again for the next kernel.
+                    self.process.kill()
+                    raise
         if "error" in answer:
             raise TemplateError(answer["error"])
         return answer["pid"], fds[0]
@@ -142,28 +149,29 @@ class Templates:
         self._templates: dict[str, Template] = {}
         self._revivals: dict[str, asyncio.Task] = {}
 
-    async def start(self, specs: Mapping[str, Mapping[str, str]]) -> None:
-        """A template per kernelspec name, with its environment; a module that cannot be preloaded is fatal."""
+    async def start(self, specs: Mapping[str, Mapping[str, str]], now: set[str]) -> None:
+        """A template per kernelspec name, with its environment: started at once for the names in `now`
+        (a module that cannot be preloaded is then fatal), for the others when a kernel first needs one."""
         for name, env in specs.items():
-            template = Template(name, env, self.preload)
-            try:
-                await template.start(self.timeout)
-            except TemplateError:
-                await self.close()
-                raise
-            self._templates[name] = template
+            template = self._templates[name] = Template(name, env, self.preload)
+            if name in now:
+                try:
+                    await template.start(self.timeout)
+                except TemplateError:
+                    await self.close()
+                    raise
 
     def get(self, name: str) -> Template | None:
         return self._templates.get(name)
 
     def revive(self, template: Template) -> None:
-        """Start a template that died again, in the background, once at a time."""
+        """Start a template that died or never ran, in the background, one start at a time."""
         running = self._revivals.get(template.name)
         if not running or running.done():
             self._revivals[template.name] = asyncio.create_task(self._revive(template), name=f"template-{template.name}")
 
     async def _revive(self, template: Template) -> None:
-        log.info("Starting a new template of %s", template.name)
+        log.info("Starting the template of %s", template.name)
         await template.stop()
         try:
             await template.start(self.timeout)
