@@ -28,6 +28,10 @@ import sys
 import traceback
 
 MAX_MESSAGE = 4 * 2**20
+# What an ipykernel imports before it answers: the application, and what its initialisation brings in
+# (the shell, the debugger, history's sqlite3).
+KERNEL_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
+                  "IPython.core.history", "sqlite3", "pdb", "setproctitle")
 
 
 def send(channel: socket.socket, message: dict, fds: list[int] = ()) -> None:
@@ -166,7 +170,7 @@ def serve(channel: socket.socket) -> int:
 
 def main(argv: list[str]) -> int:
     channel = socket.socket(fileno=int(argv[0]))
-    modules = ["ipykernel.kernelapp", "setproctitle", *(m for m in (argv[1:] or [""])[0].split(",") if m)]
+    modules = [*KERNEL_MODULES, *(m for m in (argv[1:] or [""])[0].split(",") if m)]
     for name in modules:
         try:
             importlib.import_module(name)
