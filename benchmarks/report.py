@@ -26,6 +26,10 @@ GOALS = [
     ("load", r"lost replies", "0"),
     ("recovery", r"p50 \(warm spare\)", "≤ 1,000 ms"),
     ("recovery", r"p50 \(in place\)", "≤ 3,000 ms"),
+    ("fork", r"p50, no pool \(forked\)", "≤ 150 ms"),
+    ("fork", r"all answered after \(forked\)", "≤ 2 s"),
+    ("fork", r"PSS \(forked\)", "≤ 0.6 × launched"),
+    ("fork", r"import numpy in a new kernel p50 \(forked\)", "≤ 5 ms"),
 ]
 
 # What the chart shows: (title, workload, the measures drawn).
