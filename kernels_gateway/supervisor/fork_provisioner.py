@@ -158,10 +158,10 @@ async def start_templates(kernels: Kernels, fork: str, preload: tuple[str, ...],
             raise RuntimeError("--preload needs forking: drop --fork none, or --preload")
         return None
     specs = {}
-    for name in kernels.specs.find_kernel_specs():
-        spec = kernels.specs.get_kernel_spec(name)
-        if forks_python(spec.argv) and not spec.metadata.get("kernel_provisioner"):
-            specs[name] = {**kernels._kernel_env({}), **spec.env}
+    for name, found in kernels.specs.get_all_specs().items():  # those whose provisioner is missing are left out
+        spec = found["spec"]
+        if forks_python(spec.get("argv", [])) and not spec.get("metadata", {}).get("kernel_provisioner"):
+            specs[name] = {**kernels._kernel_env({}), **spec.get("env", {})}
     templates = Templates(preload, kernels.settings.start_timeout)
     # Those of the kernels about to start: the first ones, the default kernelspec's and the warm pool's.
     now = {(kernels.settings.force_kernel_name or first or kernels.default_name).lower(), kernels.default_name.lower(),
