@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import flood, messages, profile, recovery, report, rest, scale, starts
+from . import flood, forks, messages, profile, recovery, report, rest, scale, starts
 from .results import Results, describe
 from .settings import DEFAULT, QUICK, Settings
 from .targets import KG, RAW, REPO, THIS, Fleet, KernelGateway, write_kernelspec
@@ -33,6 +33,7 @@ WORKLOADS = {
     "load": scale.load,
     "recovery": recovery.recovery,
     "flood": flood.flood,
+    "fork": forks.fork,
 }
 GROUPS = {"all": list(WORKLOADS), "scale": ["idle-websockets", "concurrent-starts", "load"]}
 TARGETS = {"this": THIS, "kg": KG, "raw": RAW}

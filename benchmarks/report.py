@@ -32,6 +32,10 @@ GOALS = [
     ("flood", r"KeyboardInterrupt seen p99", "≤ 1,000 ms"),
     ("flood", r"failed$|unanswered$|processes left$", "0"),
     ("flood", r"beside them, delivered$", "100 %"),
+    ("fork", r"p50, no pool \(forked\)", "≤ 150 ms"),
+    ("fork", r"all answered after \(forked\)", "≤ 2 s"),
+    ("fork", r"PSS \(forked\)", "≤ 0.6 × launched"),
+    ("fork", r"import numpy in a new kernel p50 \(forked\)", "≤ 5 ms"),
 ]
 
 # What the chart shows: (title, workload, the measures drawn).

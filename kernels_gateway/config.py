@@ -154,6 +154,14 @@ class Config:
         (), "warm kernels kept ready, as NAME=N (repeatable, or comma-separated); none for no pool "
         "(default: one of the default kernelspec)", (SUPERVISOR,), parse=_csv, repeat=True,
     )
+    fork: str = _opt(
+        "none", "python: fork Python kernels that run ipykernel with the gateway's own interpreter from a "
+        "template that has imported it; none: launch every kernel", (SUPERVISOR,), choices=("python", "none"),
+    )
+    preload: tuple[str, ...] = _opt(
+        (), "comma-separated modules the Python kernels' templates import, so that kernels start with them",
+        (SUPERVISOR,), parse=_csv,
+    )
     replay_bytes: int = _opt(
         8 << 20, "iopub bytes kept per kernel for clients that reconnect with the same session_id", (SUPERVISOR,)
     )

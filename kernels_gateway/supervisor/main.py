@@ -21,6 +21,7 @@ from .replay import ReplayLimits
 from .client import SupervisorClient
 from .errors import GatewayError
 from .executions import ExecutionLimits
+from .fork_provisioner import start_templates
 from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
 from .lock import RuntimeLock
 from .process import exited
@@ -107,6 +108,7 @@ async def _serve(config: Config) -> None:
     if seed:
         log.info("Seeding %s kernels with %d cell(s) of %s", seed.language, len(seed.cells), seed.uri)
     kernels = Kernels(kernel_settings(config, seed))
+    templates = await start_templates(kernels, config.fork, config.preload, config.kernel_name)
     limits = ExecutionLimits(max_bytes=config.execution_bytes, max_age=config.execution_age)
     server = SupervisorServer(kernels, config.socket_path, limits)
     stop = asyncio.Event()
@@ -143,6 +145,8 @@ async def _serve(config: Config) -> None:
                 await server.close()
                 await kernels.shutdown_all()
             kernels.close()
+            if templates:
+                await templates.close()
 
 
 async def _until_stopped_or_orphaned(stop: asyncio.Event, arbiter_pid: int) -> bool:
