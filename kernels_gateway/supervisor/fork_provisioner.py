@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import select
+import subprocess
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,9 @@ def forks_python(argv: list[str]) -> bool:
 
 def import_env_changes(env: Mapping[str, str], template: Mapping[str, str]) -> list[str]:
     return sorted(k for k in set(env) | set(template) if env.get(k) != template.get(k) and IMPORT_ENV.fullmatch(k))
+
+
+STDIO = ("stdout", "stderr")
 
 
 class ForkedProcess(AdoptedProcess):
@@ -106,7 +110,7 @@ class ForkProvisioner(LocalProvisioner):
         unusual = sorted(set(kwargs) - FORKABLE_ARGUMENTS)
         if unusual:
             return None, f"launch arguments a fork cannot honour: {', '.join(unusual)}"
-        if any(kwargs.get(k) is not None and not _has_fd(kwargs[k]) for k in ("stdout", "stderr")):
+        if any(kwargs.get(k) not in (None, subprocess.PIPE) and not _has_fd(kwargs[k]) for k in STDIO):
             return None, "its stdout or stderr is not a file"
         changes = import_env_changes(kwargs.get("env") or os.environ, template.env)
         if changes:
@@ -118,7 +122,12 @@ class ForkProvisioner(LocalProvisioner):
 
     async def _fork(self, template: Template, cmd: list[str], kwargs: dict[str, Any]) -> KernelConnectionInfo:
         cwd = str(kwargs.get("cwd") or os.getcwd())
-        stdio = open_stdio(kwargs.get("stdout"), kwargs.get("stderr"))
+        # Pipes asked for (the supervisor logs what kernels print) are made here, as Popen would make them.
+        pipes = {name: os.pipe() if kwargs.get(name) == subprocess.PIPE else None for name in STDIO}
+        stdio = open_stdio(*(pipe[1] if pipe else kwargs.get(name) for name, pipe in pipes.items()))
+        for pipe in pipes.values():
+            if pipe:
+                os.close(pipe[1])  # the kernel's copy is in stdio
         exchange = asyncio.ensure_future(
             template.fork(cmd[3:], kwargs.get("env") or os.environ, cwd, stdio, FORK_TIMEOUT)
         )
@@ -130,15 +139,28 @@ class ForkProvisioner(LocalProvisioner):
             with contextlib.suppress(Exception):
                 pid, pidfd = await exchange
                 self.process, self.pid, self.pgid = ForkedProcess(pid, pidfd), pid, pid
+            _close_read_ends(pipes)
+            raise
+        except BaseException:
+            _close_read_ends(pipes)
             raise
         finally:
             for fd in stdio:
                 os.close(fd)
         self.process = ForkedProcess(pid, pidfd)
+        for name, pipe in pipes.items():
+            if pipe:
+                setattr(self.process, name, os.fdopen(pipe[0], "rb", buffering=0))
         self.pid = self.pgid = pid  # the kernel leads a session of its own
         self.cwd = cwd
         log.debug("Kernel %s forked from the template of %s (pid %d)", self.kernel_id, template.name, pid)
         return self.connection_info
+
+
+def _close_read_ends(pipes: dict[str, tuple[int, int] | None]) -> None:
+    for pipe in pipes.values():
+        if pipe:
+            os.close(pipe[0])
 
 
 def _has_fd(stream: object) -> bool:
@@ -155,13 +177,13 @@ async def start_templates(kernels: Kernels, fork: str, preload: tuple[str, ...],
     that name a provisioner keep theirs). A module that cannot be preloaded stops the start-up."""
     if fork == "none":
         if preload:
-            raise RuntimeError("--preload needs forking: drop --fork none, or --preload")
+            raise RuntimeError("--preload needs forking: add --fork python, or drop --preload")
         return None
     specs = {}
     for name, found in kernels.specs.get_all_specs().items():  # those whose provisioner is missing are left out
         spec = found["spec"]
         if forks_python(spec.get("argv", [])) and not spec.get("metadata", {}).get("kernel_provisioner"):
-            specs[name] = {**kernels._kernel_env({}), **spec.get("env", {})}
+            specs[name] = {**kernels.env.kernel({}), **spec.get("env", {})}
     templates = Templates(preload, kernels.settings.start_timeout)
     # Those of the kernels about to start: the first ones, the default kernelspec's and the warm pool's.
     now = {(kernels.settings.force_kernel_name or first or kernels.default_name).lower(), kernels.default_name.lower(),
