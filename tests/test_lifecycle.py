@@ -347,9 +347,14 @@ async def test_a_record_that_cannot_be_written_during_a_restart_does_not_end_the
         reply, _ = await eventually(lambda: sock.execute("print('back')"))
         assert reply["content"]["status"] == "ok"
     assert "its record could not be written" in gw.log()
-    status, model = await json_of(http, "GET", f"{gw.url}/api/kernels/{kernel_id}")
-    assert status == 200 and model["execution_state"] == "idle"
+    # The supervisor hears the kernel's idle a moment after the client does.
+    assert await eventually(lambda: _state_is(http, gw, kernel_id, "idle"))
     await sock.close()
     filler.unlink()
     assert await gw.stop() == 0
     assert kernel_pids(gw.runtime_dir) == [] and leftovers(gw.runtime_dir) == []
+
+
+async def _state_is(http, gw, kernel_id: str, state: str) -> bool:
+    status, model = await json_of(http, "GET", f"{gw.url}/api/kernels/{kernel_id}")
+    return status == 200 and model["execution_state"] == state

@@ -524,10 +524,12 @@ async def channels(request: web.Request) -> web.WebSocketResponse:
     if progress and (slot := progress.take()) is not None:
         connection.progress = progress, slot
     try:
-        await feed.ready()
-        # Subscribed before asking for the replay, so nothing falls between the two (the overlap is
-        # skipped), and before the upgrade, so that a vanished kernel or supervisor is still plain HTTP.
+        # Subscribed at once, so that a websocket on its way out cannot close the feed under this one
+        # while it waits for the subscription's proof; before asking for the replay, so nothing falls
+        # between the two (the overlap is skipped); and before the upgrade, so that a vanished kernel or
+        # supervisor is still plain HTTP.
         feed.subscribers.add(connection)
+        await feed.ready()
         missed, returning = await supervisor.connection_opened(
             kernel_id, session_id, connection.id, {"file": progress.path.name, "slot": slot} if slot is not None else None)
         try:

@@ -16,10 +16,10 @@ from jupyter_kernel_client import JupyterKernelClient
 TIMEOUT = 30
 
 
-def wait_until_busy(client: JupyterKernelClient) -> None:
+def wait_until(client: JupyterKernelClient, state: str) -> None:
     deadline = time.monotonic() + TIMEOUT
-    while client._manager.refresh_model()["execution_state"] != "busy":
-        assert time.monotonic() < deadline, "the kernel never became busy"
+    while client._manager.refresh_model()["execution_state"] != state:
+        assert time.monotonic() < deadline, f"the kernel never became {state}"
         time.sleep(0.05)
 
 
@@ -31,11 +31,14 @@ def main(url: str, token: str) -> None:
         report["kernel_id"] = client.id
         report["printed"] = client.execute("survivor = 6 * 7\nprint(survivor)", timeout=TIMEOUT)
 
+        # The model follows the kernel's iopub a moment behind the client: once it says idle, its next
+        # busy is the sleep's.
+        wait_until(client, "idle")
         interrupted: dict = {}
         runner = threading.Thread(target=lambda: interrupted.update(
             client.execute("import time\ntime.sleep(120)", timeout=TIMEOUT)))
         runner.start()
-        wait_until_busy(client)
+        wait_until(client, "busy")
         client.interrupt(timeout=TIMEOUT)
         runner.join(TIMEOUT)
         report["interrupted"] = interrupted
