@@ -54,6 +54,16 @@ def half_pids(runtime_dir: Path) -> list[int]:
     return _pids_naming(f"--runtime-dir {runtime_dir} ")
 
 
+def kill_processes_of(*runtime_dirs: Path) -> None:
+    """Kill the supervisors, workers and kernels on these runtime dirs: halves first, since a supervisor
+    restarts kernels."""
+    for pids in (half_pids, kernel_pids):
+        for pid in {pid for folder in runtime_dirs for pid in pids(folder)}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)  # a stopped one would hold on to its signals
+                os.kill(pid, signal.SIGKILL)
+
+
 async def eventually(check, timeout: float = 30, every: float = 0.1):
     """Poll `check` (a coroutine function) until it returns something truthy."""
     async with asyncio.timeout(timeout):
@@ -73,10 +83,17 @@ class Gateway:
         self.env = {**os.environ, **(env or {})}
         self.base = ""
         self.tls = "--certfile" in self.args
+        # Where its processes name their files: its own runtime dir, or one given with --runtime-dir (the
+        # last wins, as on any command line), as given and as reached through links. That one may be
+        # another gateway's, which its cleanup leaves alone: only the test's end sweeps it.
+        self.process_dirs = {self.runtime_dir}
         for i, arg in enumerate(self.args):
             if arg == "--base-path":
                 stripped = self.args[i + 1].strip("/")
                 self.base = f"/{stripped}" if stripped else ""
+            if arg == "--runtime-dir":
+                given = Path(self.args[i + 1])
+                self.process_dirs = {given, given.resolve()}
         self.log_path = self.runtime_dir.parent / "gateway.log"
         self.process: subprocess.Popen | None = None
 
@@ -122,10 +139,7 @@ class Gateway:
             self.process.wait()
         if self.process:
             self.log_file.close()
-        for pid in half_pids(self.runtime_dir) + kernel_pids(self.runtime_dir):  # a supervisor restarts kernels
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)  # a stopped one would hold on to its signals
-                os.kill(pid, signal.SIGKILL)
+        kill_processes_of(self.runtime_dir)
         shutil.rmtree(self.runtime_dir.parent, ignore_errors=True)
 
 
@@ -162,6 +176,8 @@ async def start_gateway(request):
     show_logs_if_failed(request, started)
     for gateway in started:
         gateway.cleanup()
+    # What ran on a runtime dir a test gave (another gateway's, or one of its own making) is the test's too.
+    kill_processes_of(*(folder for gateway in started for folder in gateway.process_dirs))
 
 
 @pytest.fixture(scope="session")
