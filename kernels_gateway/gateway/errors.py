@@ -7,8 +7,6 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from .limits import files_in_use, is_out_of_files, out_of_files
-
 from ..supervisor.errors import (
     BadRequest,
     ExecutionNotFound,
@@ -23,6 +21,7 @@ from ..supervisor.errors import (
     SessionNotFound,
     SupervisorUnavailable,
 )
+from .limits import files_in_use, is_out_of_files, out_of_files
 
 log = logging.getLogger("kernels_gateway.web")
 
@@ -69,4 +68,3 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
             return response
         log.exception("Unhandled error in %s %s", request.method, request.path)
         return error_response(500, "Internal server error")
-

@@ -16,7 +16,6 @@ from typing import Any
 
 from . import wire
 from .errors import GatewayError, SupervisorUnavailable, from_wire
-from .replay import FIND_TIMEOUT
 
 log = logging.getLogger("kernels_gateway.client")
 
@@ -34,7 +33,7 @@ def deadlines(start_timeout: float, shutdown_wait: float) -> dict[str, float]:
     return {"start": start, "shutdown": shutdown, "restart": start + shutdown,
             "session_create": start + shutdown, "session_update": start + shutdown, "session_delete": shutdown,
             # a returning session's position may take a moment to reach the supervisor's own iopub
-            "connection_opened": QUICK + FIND_TIMEOUT}
+            "connection_opened": QUICK + wire.FIND_TIMEOUT}
 
 
 class SupervisorClient:

@@ -352,7 +352,7 @@ class Kernels:
             if spare:
                 await self._swap_in(kernel, spare)
             else:
-                await self._restart_process(kernel)
+                await self._restart_process(kernel, now=True)
         except Exception as e:
             log.error("Kernel %s failed to restart: %s", kernel.id, e)
             await self._keep_record(kernel, RESTARTING)
@@ -363,8 +363,9 @@ class Kernels:
         self._emit(kernel, connection_info=kernel.connection_info())
         return True
 
-    async def _restart_process(self, kernel: Kernel) -> None:
-        await kernel.manager.restart_kernel(now=True)
+    async def _restart_process(self, kernel: Kernel, now: bool) -> None:
+        """A new process for the kernel (`now`: without asking the old one to shut down), ready and seeded."""
+        await kernel.manager.restart_kernel(now=now)
         await self._follow_output(kernel)
         await self._ready(kernel)
 
@@ -420,9 +421,7 @@ class Kernels:
             self._emit(kernel, hold=True)
             await self._keep_record(kernel, RESTARTING)
             try:
-                await kernel.manager.restart_kernel(now=False)
-                await self._follow_output(kernel)
-                await self._ready(kernel)
+                await self._restart_process(kernel, now=False)
             except Exception as e:
                 kernel.iopub.execution_state = "dead"
                 kernel.reason = f"restart failed: {e}"

@@ -136,29 +136,33 @@ async def _serve(config: Config) -> None:
             if culler:
                 culler.cancel()
                 await asyncio.gather(culler, return_exceptions=True)
-            if handed_over:
-                log.info("Supervisor handing %d kernel(s) over", len(kernels.list()))
-                await server.close()
-                await kernels.release()
-            else:
-                log.info("Supervisor stopping: shutting down %d kernel(s)", len(kernels.list()))
-                await server.close()
-                await kernels.shutdown_all()
+            what = "Supervisor handing %d kernel(s) over" if handed_over else "Supervisor stopping: shutting down %d kernel(s)"
+            log.info(what, len(kernels.list()))
+            await server.close()
+            await (kernels.release() if handed_over else kernels.shutdown_all())
             kernels.close()
             if templates:
                 await templates.close()
 
 
+async def _first_of(*waits, timeout: float | None = None) -> None:
+    """Return once one of these awaitables is done (or `timeout` passed); the others are cancelled and awaited."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _until_stopped_or_orphaned(stop: asyncio.Event, arbiter_pid: int) -> bool:
     """Wait for a stop signal (False) or for the death of the arbiter that started us (True)."""
-    waits = [asyncio.create_task(stop.wait())]
     if arbiter_pid > 0:
         # Our parent: if it is not any more, it died before we could watch it.
-        waits.append(asyncio.create_task(exited(arbiter_pid) if os.getppid() == arbiter_pid else asyncio.sleep(0)))
-    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+        await _first_of(stop.wait(), exited(arbiter_pid) if os.getppid() == arbiter_pid else asyncio.sleep(0))
+    else:
+        await stop.wait()
     return not stop.is_set()
 
 
@@ -167,11 +171,7 @@ async def _wait_for_successor(config: Config, server: SupervisorServer, stop: as
     log.warning("The gateway (pid %d) is gone; keeping %d kernel(s) for %g s for the next kernels-gateway "
                 "on %s", config.arbiter_pid, count, config.orphan_timeout, config.runtime_dir)
     server.orphan()
-    waits = [asyncio.create_task(server.taken_over.wait()), asyncio.create_task(stop.wait())]
-    await asyncio.wait(waits, timeout=config.orphan_timeout, return_when=asyncio.FIRST_COMPLETED)
-    for task in waits:
-        task.cancel()
-    await asyncio.gather(*waits, return_exceptions=True)
+    await _first_of(server.taken_over.wait(), stop.wait(), timeout=config.orphan_timeout)
     if not server.taken_over.is_set() and not stop.is_set():
         log.warning("No kernels-gateway took over within %g s", config.orphan_timeout)
     return server.taken_over.is_set()

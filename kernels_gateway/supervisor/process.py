@@ -18,13 +18,24 @@ import signal
 from pathlib import Path
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot: with the pid, it names one process for good."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces and parentheses)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process for good."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def gone(pid: int) -> bool:
+    """Whether no process has this pid, or only one that has exited and awaits its parent (a zombie)."""
+    fields = _stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
 
 
 def _owned_by_us(pid: int) -> bool:

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from uuid import uuid4
 
+from .wire import FIND_TIMEOUT
+
 log = logging.getLogger("kernels_gateway.supervisor")
 
 NOTICE = ("[kernels-gateway] {count} output messages ({size} bytes) were dropped while this session was away:"
           " older than --replay-age or beyond --replay-bytes\n")
-# How long a position this socket has not heard yet may take to arrive before it is taken as "now".
-FIND_TIMEOUT = 5.0
 # Departed sessions remembered per kernel, and replies kept per session; the oldest go first.
 MAX_DEPARTED = 1000
 MAX_REPLIES = 1000

@@ -18,6 +18,7 @@ from . import metrics, progress, replies, wire
 from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
 from .executions import ExecutionLimits, Executions
 from .kernels import Kernels, valid_kernel_id
+from .process import gone
 from .sessions import Sessions
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -345,15 +346,8 @@ def _optional_str(args: dict, name: str) -> str | None:
 
 
 def _remove_if_abandoned(path: Path) -> None:
-    """A worker's progress file, once read, if that worker is gone: its pid (in the name) names no
-    process, or one that has exited and awaits its parent (a zombie)."""
-    try:
-        state = Path(f"/proc/{int(path.name.rpartition('-')[2])}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        state = "Z"
-    except (OSError, ValueError, IndexError):
-        return
-    if state in ("Z", "X"):
+    """A worker's progress file, once read, if that worker (its pid is in the name) is gone."""
+    if gone(int(path.name.rpartition("-")[2])):
         path.unlink(missing_ok=True)
 
 

@@ -83,6 +83,10 @@ def unpack_parts(packed: list[str]) -> list[bytes]:
     return [base64.b64decode(part) for part in packed]
 
 
+# How long the supervisor may wait, answering a returning websocket's connection_opened, for its own
+# iopub socket to hear the message the client last read: the web half's deadline allows for it.
+FIND_TIMEOUT = 5.0
+
 # How often a socket retries a kernel endpoint not yet (or no longer) bound, in ms: ZMQ's 100 would add
 # up to that to each kernel start and restart.
 KERNEL_RECONNECT_MS = 10
