@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from .kernel_client import KernelSocket
 
@@ -62,6 +63,37 @@ def kill_processes_of(*runtime_dirs: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)  # a stopped one would hold on to its signals
                 os.kill(pid, signal.SIGKILL)
+
+
+async def run_script(module: str, *args: str, env: dict | None = None, timeout: float = 90) -> bytes:
+    """Run `python -m module args` from the checkout, as a client of its own process; its stdout, once
+    it has exited 0 (killed if it outlives `timeout`)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, cwd=HERE.parent, env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()[-3000:]
+    return out
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application):
+    """`app` on a free loopback port for the block's duration; yields its URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 async def eventually(check, timeout: float = 30, every: float = 0.1):

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 from aiohttp import web
 
-from .conftest import eventually, free_port, kernel_pids
+from .conftest import eventually, kernel_pids, serving
 
 SEEDED = "seeded = 'from the seed'\n"
 
@@ -85,12 +85,8 @@ async def notebook_server(tmp_path):
     """The seed notebook over HTTP, as a URL names it."""
     app = web.Application()
     app.router.add_static("/", tmp_path)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 async def test_warm_kernels_are_seeded_before_they_are_taken(start_gateway, http, connect, tmp_path, notebook_server):

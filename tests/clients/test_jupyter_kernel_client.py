@@ -3,29 +3,14 @@ which Jupyter Server accepts beside `token T`."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 
-from ..conftest import HERE
+from ..conftest import run_script
 
 
 async def test_jupyter_kernel_client_with_its_default_headers(secured_gateway, http):
     gw = secured_gateway
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.clients.run_kernel_client", gw.url, gw.token,
-        cwd=HERE.parent, env=os.environ, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(90):
-            out, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, err.decode()[-3000:]
-    report = json.loads(out)
+    report = json.loads(await run_script("tests.clients.run_kernel_client", gw.url, gw.token))
 
     assert report["printed"]["status"] == "ok"
     assert [o["text"] for o in report["printed"]["outputs"]] == ["42\n"]

@@ -3,14 +3,11 @@ and Voila do: its websocket client sends frames without a `channel` key, meaning
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 import nbformat
 
-from ..conftest import HERE
+from ..conftest import run_script
 
 CELLS = [
     "from ipykernel.connect import get_connection_file\nprint(get_connection_file())",
@@ -23,19 +20,7 @@ CELLS = [
 
 
 async def run_notebook(gateway_url: str, path) -> nbformat.NotebookNode:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.clients.run_notebook", str(path),
-        cwd=HERE.parent, env={**os.environ, "JUPYTER_GATEWAY_URL": gateway_url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(90):
-            out, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, err.decode()[-3000:]
+    out = await run_script("tests.clients.run_notebook", str(path), env={"JUPYTER_GATEWAY_URL": gateway_url})
     return nbformat.reads(out.decode(), as_version=4)
 
 

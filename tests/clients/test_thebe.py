@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import expect
 
-from ..conftest import free_port
+from ..conftest import serving
 
 THEBE = Path(__file__).parent / "thebe"
 TIMEOUT = 60_000  # ms
@@ -27,12 +27,8 @@ async def thebe_page_origin():
 
     app.router.add_get("/index.html", index)
     app.router.add_static("/thebe-core", bundle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 async def test_thebe_runs_code_in_a_session(page, thebe_page_origin, start_gateway, http):
