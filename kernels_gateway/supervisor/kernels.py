@@ -28,13 +28,13 @@ import zmq.asyncio
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
 
-from . import adoption, metrics
+from . import adoption, liveness, metrics
 from .activity import IOPub, ReplayLimits, subscriber
 from .environment import EnvironmentPolicy
 from .errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
 from .output import KernelOutput
 from .pool import WarmPool
-from .process import exited, kill_group, lower_priority, start_time
+from .process import kill_group, lower_priority, start_time
 from .records import DEAD, KERNEL_ID, RESTARTING, RUNNING, STARTING, Records
 from .replay import Missed
 from .seed import Seed
@@ -47,7 +47,6 @@ MAX_SOCKET_PATH = 107
 MAX_IPC_PREFIX = MAX_SOCKET_PATH - len("-65535")
 # After a kernel_info reply, how long the iopub socket may take to hear the kernel before asking again.
 IOPUB_PROOF_WAIT = 0.1
-POLL_INTERVAL = 1.0  # for provisioners whose process we cannot watch through a pidfd
 # jupyter_client's shutdown takes at most the shutdown wait, then up to 5 s to see a SIGKILLed process go.
 SHUTDOWN_MARGIN = 6.0
 # Every launch, restarts included (jupyter_client keeps the launch arguments), gets pipes for its output.
@@ -319,15 +318,10 @@ class Kernels:
                         return
             except Exception:
                 log.exception("Kernel %s: watching it failed; watching it again", kernel.id)
-                await asyncio.sleep(POLL_INTERVAL)
+                await asyncio.sleep(liveness.POLL_INTERVAL)
 
     async def _process_exit(self, kernel: Kernel) -> None:
-        pid = getattr(kernel.manager.provisioner, "pid", None)
-        if pid and await kernel.manager.is_alive():
-            await exited(pid)
-        else:
-            while await kernel.manager.is_alive():
-                await asyncio.sleep(POLL_INTERVAL)
+        await liveness.until_exit(kernel.manager)
 
     async def _recover(self, kernel: Kernel) -> bool:
         """Restart a kernel that died; False once it is declared dead."""
@@ -365,9 +359,18 @@ class Kernels:
 
     async def _restart_process(self, kernel: Kernel, now: bool) -> None:
         """A new process for the kernel (`now`: without asking the old one to shut down), ready and seeded."""
+        before = kernel.connection_info()
         await kernel.manager.restart_kernel(now=now)
+        if kernel.connection_info() != before:  # a remote kernel may come back on other ports or another host
+            await self._rewatch_iopub(kernel)
         await self._follow_output(kernel)
         await self._ready(kernel)
+
+    async def _rewatch_iopub(self, kernel: Kernel) -> None:
+        if kernel.watcher:
+            kernel.watcher.cancel()
+            await asyncio.gather(kernel.watcher, return_exceptions=True)
+        kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel.id}")
 
     async def _swap_in(self, kernel: Kernel, spare: Kernel) -> None:
         """Give a dead kernel's id a warm kernel's process: faster than starting one. Workers learn the
@@ -515,7 +518,7 @@ class Kernels:
     async def _save_record(self, kernel: Kernel, state: str, pooled: bool = False) -> None:
         provisioner = kernel.manager.provisioner
         info = await provisioner.get_provisioner_info() if provisioner else None
-        pid = info.get("pid") if info else None
+        pid = liveness.local_pid(provisioner, info)
         self.records.save(kernel.id, {
             "id": kernel.id,
             "state": state,

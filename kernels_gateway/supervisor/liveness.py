@@ -1,0 +1,63 @@
+"""Whether a kernel still runs: through a pidfd for a kernel whose process is local, through its
+provisioner for any other (one on another host, in a pod or a container), whose pid means nothing here.
+
+The one place that tells local kernels from remote ones: a kernel is local when jupyter_client's
+LocalProvisioner (or a subclass, such as the fork provisioner) launched it; every other provisioner's
+kernel is remote, watched, adopted and ended through the provisioner alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from jupyter_client import AsyncKernelManager
+from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
+
+from .process import exited
+
+POLL_INTERVAL = 1.0  # for a local kernel whose process has no pidfd
+# A remote kernel is polled this often; it is declared gone only after this many failed polls in a
+# row, since one poll can fail on a busy network (gateway_provisioners' poll is a TCP connect that
+# gives up after 10 ms), and a kernel wrongly declared dead would be restarted under its clients.
+REMOTE_POLL_INTERVAL = 0.5
+REMOTE_MISSES = 2
+# Bound on one poll: a provisioner whose poll hangs (an unreachable host) says nothing good about its kernel.
+REMOTE_POLL_TIMEOUT = 5.0
+
+
+def is_remote(provisioner: KernelProvisionerBase | None) -> bool:
+    return provisioner is not None and not isinstance(provisioner, LocalProvisioner)
+
+
+def local_pid(provisioner: KernelProvisionerBase | None, info: dict[str, Any] | None = None) -> int | None:
+    """The pid of a local kernel's process (from the provisioner, or its saved info); None for a remote one."""
+    if is_remote(provisioner):
+        return None
+    pid = (info or {}).get("pid") if info is not None else getattr(provisioner, "pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+async def alive(manager: AsyncKernelManager) -> bool:
+    """One look at whether the kernel runs, bounded in time."""
+    try:
+        return await asyncio.wait_for(manager.is_alive(), REMOTE_POLL_TIMEOUT)
+    except TimeoutError:
+        return False
+
+
+async def until_exit(manager: AsyncKernelManager) -> None:
+    """Return once the kernel's process has exited (at once if it already has)."""
+    provisioner = manager.provisioner
+    if is_remote(provisioner):
+        misses = 0
+        while misses < REMOTE_MISSES:
+            await asyncio.sleep(REMOTE_POLL_INTERVAL)
+            misses = 0 if await alive(manager) else misses + 1
+        return
+    pid = local_pid(provisioner)
+    if pid and await manager.is_alive():
+        await exited(pid)
+    else:
+        while await manager.is_alive():
+            await asyncio.sleep(POLL_INTERVAL)
