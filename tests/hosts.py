@@ -70,10 +70,10 @@ class Host:
         return self.init.pid
 
     def processes(self) -> list[str]:
-        """The command lines of every process on the host (its own /proc), but its init's and sshd's."""
-        out = self.run("ps", "-eo", "pid=,args=")
-        return [line.split(None, 1)[1] for line in out.splitlines()
-                if line.split(None, 1)[1:] and not line.split(None, 1)[1].startswith(("tini", "sshd", "ps "))]
+        """'PID PPID command line' of every process on the host (its own /proc), but its init's and sshd's."""
+        out = self.run("ps", "-ww", "-eo", "pid=,ppid=,args=")
+        return [line.strip() for line in out.splitlines()
+                if line.split(None, 2)[2:] and not line.split(None, 2)[2].startswith(("tini", "sshd", "ps "))]
 
     def listening(self) -> set[tuple[str, int]]:
         """(address, port) of every TCP socket listening on the host."""

@@ -158,3 +158,208 @@ async def test_a_remote_kernel_starts_on_a_host_and_works(remote_gateway, http, 
     for h in hosts:
         await eventually(lambda h=h: asyncio.sleep(0, not [p for p in h.processes() if "ipykernel" in p]))
     assert await gw.stop() == 0
+
+
+def remote_kernel_pid(host, kernel_id: str) -> int | None:
+    """The pid, in its host's namespace, of the kernel launched for this id (its launcher runs it)."""
+    for line in host.run("ps", "-ww", "-eo", "pid=,args=").splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if "launch_ipykernel.py" in args and kernel_id in args:
+            return int(pid)
+    return None
+
+
+async def kill_on_host(host, kernel_id: str) -> None:
+    pid = remote_kernel_pid(host, kernel_id)
+    assert pid, host.run("ps", "-ww", "-eo", "pid=,args=")
+    host.run("kill", "-KILL", str(pid))
+    await eventually(lambda: asyncio.sleep(0, remote_kernel_pid(host, kernel_id) != pid), timeout=10)
+
+
+def kernels_on(made) -> list[str]:
+    """The kernels running on the hosts (each launcher's listener is a process of its own, its child)."""
+    found = []
+    for host in made:
+        launchers = [line.split() for line in host.processes() if "launch_ipykernel" in line]
+        pids = {fields[0] for fields in launchers}
+        found += [f"{host.name} {' '.join(fields[2:5])}" for fields in launchers if fields[1] not in pids]
+    return found
+
+
+async def busy_while_sleeping(http, gw, kernel_id: str, sock: KernelSocket) -> None:
+    """The model says busy while a cell runs (the supervisor hears the kernel's iopub)."""
+    request = sock.message("execute_request", {"code": "import time; time.sleep(1.5)", "silent": False,
+                                               "store_history": False, "user_expressions": {}, "allow_stdin": False})
+    await sock.send(request)
+    await eventually(lambda: _state_is(http, gw, kernel_id, "busy"), timeout=20, every=0.05)
+    await eventually(lambda: _state_is(http, gw, kernel_id, "idle"), timeout=20, every=0.05)
+
+
+async def _state_is(http, gw, kernel_id: str, state: str) -> bool:
+    return (await model(http, gw, kernel_id))["execution_state"] == state
+
+
+# -- 2. restart follows new connection info ---------------------------------------------------------
+
+
+async def test_restarts_follow_the_kernel_to_new_ports_and_hosts(remote_gateway, http, hosts):
+    gw = await remote_gateway()
+    kernel_id = await start_kernel(http, gw)
+    legacy = await KernelSocket.open(http, gw, kernel_id)
+    v1 = await KernelSocket.open(http, gw, kernel_id, v1=True)
+    await legacy.execute("x = 1")
+    before = connection_info(gw, kernel_id)
+
+    # Requested: a new process, on other ports (the launcher picks them) and, round-robin, another host.
+    async with http.post(f"{gw.url}/api/kernels/{kernel_id}/restart") as r:
+        assert r.status == 200, await r.text()
+    after = connection_info(gw, kernel_id)
+    assert (after["ip"], after["shell_port"]) != (before["ip"], before["shell_port"])
+    for sock in (legacy, v1):
+        reply, stdout = await sock.execute("print(globals().get('x', 'fresh'))")
+        assert reply["content"]["status"] == "ok" and stdout == "fresh\n"
+    await busy_while_sleeping(http, gw, kernel_id, legacy)
+
+    # Automatic: the kernel killed on its host comes back, and both websockets hear restarting, then idle.
+    await kill_on_host(host_of(hosts, gw, kernel_id), kernel_id)
+    for sock in (legacy, v1):
+        await states_until_idle(sock, first="restarting")  # restarting, then idle
+    for sock in (legacy, v1):
+        reply, stdout = await sock.execute("print('back')")
+        assert stdout == "back\n"
+    await busy_while_sleeping(http, gw, kernel_id, v1)
+    assert f"Kernel {kernel_id} died; restarting it" in gw.log()
+    # The killed process and the one the requested restart replaced are gone; one runs.
+    assert len(kernels_on(hosts)) == 1, kernels_on(hosts)
+    for sock in (legacy, v1):
+        await sock.close()
+    assert await gw.stop() == 0
+    assert kernels_on(hosts) == []
+
+
+# -- 3. supervisor crash ----------------------------------------------------------------------------
+
+
+async def test_a_crashed_supervisor_leaves_remote_kernels_running_and_the_next_adopts_them(remote_gateway, http, hosts):
+    from .test_process import children
+
+    gw = await remote_gateway()
+    ids = [await start_kernel(http, gw), await start_kernel(http, gw)]
+    socks = [await KernelSocket.open(http, gw, kernel_id, v1=bool(n)) for n, kernel_id in enumerate(ids)]
+    for n, sock in enumerate(socks):
+        await sock.execute(f"x = {n + 40}")
+    running = sorted(kernels_on(hosts))
+    assert len(running) == 2
+    [supervisor] = [pid for pid, cmd in children(gw.process.pid).items() if "kernels_gateway supervisor" in cmd]
+    os.kill(supervisor, signal.SIGKILL)
+
+    # The arbiter starts another supervisor, which adopts both through their provisioners' saved state.
+    await eventually(lambda: asyncio.sleep(0, gw.log().count("Kernel adopted") == 2), timeout=60)
+    assert "Kernel records read: 2 kernel(s) adopted" in gw.log()
+    assert sorted(kernels_on(hosts)) == running  # the same processes: none killed, none started
+    async with http.get(f"{gw.url}/api/kernels") as r:
+        assert sorted(k["id"] for k in await r.json()) == sorted(ids)
+    for n, sock in enumerate(socks):
+        _, stdout = await sock.execute("print(x)")
+        assert stdout == f"{n + 40}\n"
+    await busy_while_sleeping(http, gw, ids[0], socks[0])
+
+    # Adopted kernels are still watched: one killed on its host is restarted.
+    await kill_on_host(host_of(hosts, gw, ids[1]), ids[1])
+    await states_until_idle(socks[1], first="restarting")
+    for sock in socks:
+        await sock.close()
+    assert await gw.stop() == 0
+    assert kernels_on(hosts) == []
+    assert not list((gw.runtime_dir / "kernels").glob("*.json"))
+
+
+# -- 4. host loss -----------------------------------------------------------------------------------
+
+
+async def test_a_lost_host_costs_only_its_kernels_and_never_blocks_the_supervisor(remote_gateway, http, hosts):
+    gw = await remote_gateway()
+    ids = [await start_kernel(http, gw), await start_kernel(http, gw)]
+    lost = host_of(hosts, gw, ids[0])
+    [kept_id] = [k for k in ids if host_of(hosts, gw, k) is not lost]
+    sock = await KernelSocket.open(http, gw, ids[0])
+    other = await KernelSocket.open(http, gw, kept_id)
+    await other.execute("y = 7")
+
+    lost.link_down()
+    try:
+        # Its kernel is noticed gone: clients hear restarting, then the kernel runs on the other host,
+        # or, if every restart fails, dead.
+        async with asyncio.timeout(60):
+            while (msg := await sock.receive())["header"]["msg_type"] != "status" or \
+                    msg["content"]["execution_state"] not in ("restarting", "dead"):
+                pass
+        # Meanwhile the other kernel and the REST API answer.
+        for _ in range(5):
+            async with http.get(f"{gw.url}/api/kernels/{kept_id}") as r:
+                assert r.status == 200
+        _, stdout = await other.execute("print(y)")
+        assert stdout == "7\n"
+        final = await eventually(lambda: _settled(http, gw, ids[0]), timeout=90)
+        assert final in ("idle", "dead"), final
+        if final == "idle":
+            assert host_of(hosts, gw, ids[0]) is not lost
+            _, stdout = await sock.execute("print('moved')")
+            assert stdout == "moved\n"
+    finally:
+        subprocess_run(["ip", "link", "set", lost.link, "up"])
+    await sock.close()
+    await other.close()
+    assert await gw.stop() == 0
+
+
+def subprocess_run(argv: list[str]) -> None:
+    import subprocess
+
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+async def _settled(http, gw, kernel_id: str) -> str | None:
+    state = (await model(http, gw, kernel_id))["execution_state"]
+    return state if state in ("idle", "dead") else None
+
+
+# -- 6. security ------------------------------------------------------------------------------------
+
+
+HOSTILE = ["$(touch {marker})", '"; touch {marker}; echo "', "`touch {marker}`", "x\ntouch {marker}", "';touch {marker};'"]
+
+
+async def test_hostile_env_values_never_run_on_a_host(remote_gateway, http, hosts, tmp_path):
+    gw = await remote_gateway()
+    marker = tmp_path / "ran"
+    for value in HOSTILE:
+        for name in ("KERNEL_USERNAME", "KERNEL_ANYTHING"):
+            env = {name: value.format(marker=marker)}
+            async with http.post(f"{gw.url}/api/kernels", json={"name": SPEC, "env": env}) as r:
+                body = await r.json()
+                if name == "KERNEL_USERNAME":
+                    assert r.status == 400 and "plain name" in body["message"], body
+                else:  # never on a command line: it reaches the kernel's environment as it is
+                    assert r.status == 201, body
+                    sock = await KernelSocket.open(http, gw, body["id"])
+                    _, stdout = await sock.execute(f"import os; print(repr(os.environ.get({name!r})))")
+                    assert stdout == f"{env[name]!r}\n" or stdout == "None\n"
+                    await sock.close()
+                    async with http.delete(f"{gw.url}/api/kernels/{body['id']}") as d:
+                        assert d.status == 204
+    assert not marker.exists()
+    async with http.post(f"{gw.url}/api/kernels", json={"name": SPEC, "env": {"KERNEL_USERNAME": "alice"}}) as r:
+        assert r.status == 201
+        kernel_id = (await r.json())["id"]
+
+    # The kernel's key and the gateway's token are in no log, no command line on a host, and no file
+    # others can read.
+    key = connection_info(gw, kernel_id)["key"]
+    assert key and key not in gw.log()
+    for host in hosts:
+        assert not any(key in line for line in host.processes())
+    for path in gw.runtime_dir.rglob("*"):
+        if path.is_file() and key in path.read_text(errors="replace"):
+            assert path.stat().st_mode & 0o077 == 0, path
+    assert await gw.stop() == 0

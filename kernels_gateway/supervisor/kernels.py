@@ -28,7 +28,7 @@ import zmq.asyncio
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
 
-from . import adoption, liveness, metrics
+from . import adoption, liveness, metrics, remote
 from .activity import IOPub, ReplayLimits, subscriber
 from .environment import EnvironmentPolicy
 from .errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
@@ -163,10 +163,11 @@ class Kernels:
         # Lower case, as jupyter_client names kernelspecs: "Python3" is python3, warm kernels included.
         name = (self.settings.force_kernel_name or name or self.default_name).lower()
         try:
-            self.specs.get_kernel_spec(name)
+            spec = self.specs.get_kernel_spec(name)
         except NoSuchKernel:
             raise KernelSpecNotFound(name) from None
         requested = self.env.requested(env or {})
+        remote.check_env(spec, requested)
         limit = self.settings.max_kernels
         # Counting starts in flight before the first await keeps a burst of starts from overshooting.
         if limit and len(self._kernels) + self._starting >= limit:
@@ -201,6 +202,8 @@ class Kernels:
             await self._save_record(kernel, STARTING, pooled)
             # independent: no JPY_PARENT_PID of ours, so the kernel does not exit with the supervisor.
             await kernel.manager.start_kernel(env=self.env.kernel(requested), independent=True, **OUTPUT_PIPES)
+            if liveness.is_remote(kernel.manager.provisioner):  # its host and pid are known only now
+                await self._save_record(kernel, STARTING, pooled)
             await self._follow_output(kernel)
             kernel.watcher = asyncio.create_task(self._watch_iopub(kernel), name=f"iopub-{kernel_id}")
             await self._ready(kernel)
@@ -424,10 +427,13 @@ class Kernels:
             self._emit(kernel, hold=True)
             await self._keep_record(kernel, RESTARTING)
             try:
-                await self._restart_process(kernel, now=False)
+                await self._restart_process(kernel, now=not liveness.asked_to_shut_down(kernel.manager.provisioner))
             except Exception as e:
                 kernel.iopub.execution_state = "dead"
                 kernel.reason = f"restart failed: {e}"
+                # The record names whatever process the attempt left (a remote one included), and the
+                # next supervisor starts the kernel again from it.
+                await self._keep_record(kernel, RESTARTING)
                 self._emit(kernel, execution_state="dead")
                 raise KernelStartFailed(f"Kernel {kernel_id} failed to restart: {e}") from e
             finally:
@@ -455,7 +461,7 @@ class Kernels:
             await asyncio.gather(kernel.watcher, return_exceptions=True)
         try:
             if kernel.manager.has_kernel:
-                await kernel.manager.shutdown_kernel(now=False)
+                await kernel.manager.shutdown_kernel(now=not liveness.asked_to_shut_down(kernel.manager.provisioner))
             else:
                 await kernel.manager.cleanup_resources()
         except Exception:
@@ -567,6 +573,13 @@ class Kernels:
     async def _adopt(self, record: dict[str, Any]) -> Kernel | None:
         """The record's kernel, registered and watched; None when there is nothing to adopt."""
         kernel_id, state = valid_kernel_id(record["id"]), record.get("state", RUNNING)
+        launch_args = {"env": self.env.kernel(record["env"]), "independent": True, **OUTPUT_PIPES}
+        manager = await remote.adopted_manager(record, self.specs, self.settings.shutdown_wait, launch_args)
+        if manager is not None:  # a kernel on another host: only its provisioner can find it
+            if state == RUNNING and await liveness.alive(manager):
+                return self._adopted(record, manager)
+            await remote.end(record, self.specs)
+            return await self._start_again(record) if state == RESTARTING and not record.get("pooled") else None
         pids = adoption.live_processes(record, self.settings.runtime_dir)
         if state not in (RUNNING, RESTARTING) or (pids is not None and len(pids) != 1):
             if state != RESTARTING or record.get("pooled"):
@@ -575,11 +588,13 @@ class Kernels:
                 kill_group(pid)
             return await self._start_again(record)
         manager = await adoption.adopted_manager(
-            record, pids[0] if pids else None, self.specs, self.settings.shutdown_wait,
-            {"env": self.env.kernel(record["env"]), "independent": True, **OUTPUT_PIPES},
-        )
+            record, pids[0] if pids else None, self.specs, self.settings.shutdown_wait, launch_args)
         if not await manager.is_alive():
             return None
+        return self._adopted(record, manager)
+
+    def _adopted(self, record: dict[str, Any], manager: AsyncKernelManager) -> Kernel:
+        kernel_id = record["id"]
         kernel = Kernel(id=kernel_id, name=record["name"], manager=manager, iopub=IOPub(kernel_id, self.settings.replay),
                         output=KernelOutput(kernel_id), requested_env=record["env"])
         kernel.iopub.execution_state = "unknown"  # until its next status message says
@@ -616,6 +631,7 @@ class Kernels:
             log.error("Kernels did not all shut down within %g s; killing them", self.settings.shutdown_wait + SHUTDOWN_MARGIN)
         for kernel_id in list(self.records.ours):
             if record := self.records.load(kernel_id):
+                await remote.end(record, self.specs)
                 adoption.end_kernel(self.records, record, self.settings.runtime_dir)
 
     async def release(self) -> None:

@@ -30,6 +30,17 @@ def is_remote(provisioner: KernelProvisionerBase | None) -> bool:
     return provisioner is not None and not isinstance(provisioner, LocalProvisioner)
 
 
+def asked_to_shut_down(provisioner: KernelProvisionerBase | None) -> bool:
+    """Whether a kernel's shutdown (and a restart someone asked for) begins with a shutdown request.
+
+    Not for a remote kernel: gateway_provisioners tells the kernel's listener on its host to exit along
+    with the request, after which the provisioner can neither signal the kernel nor see it run, so a
+    kernel slow to exit (ipykernel can take 29 s) would be left running, unowned. A remote kernel is
+    ended through its provisioner instead: SIGTERM, then SIGKILL if it lingers.
+    """
+    return not is_remote(provisioner)
+
+
 def local_pid(provisioner: KernelProvisionerBase | None, info: dict[str, Any] | None = None) -> int | None:
     """The pid of a local kernel's process (from the provisioner, or its saved info); None for a remote one."""
     if is_remote(provisioner):

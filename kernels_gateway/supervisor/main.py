@@ -17,6 +17,7 @@ from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
 
 from ..config import Config, pool_sizes
 from ..systemd import Notifier
+from . import remote
 from .replay import ReplayLimits
 from .client import SupervisorClient
 from .errors import GatewayError
@@ -117,7 +118,7 @@ async def _serve(config: Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     culler: asyncio.Task | None = None
     handed_over = False
-    async with Notifier() as notifier:
+    async with Notifier() as notifier, remote.response_manager(kernels.specs):
         try:
             await server.start_serving()
             log.info("Supervisor listening on %s", config.socket_path)
