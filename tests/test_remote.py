@@ -134,12 +134,13 @@ async def test_a_remote_kernel_starts_on_a_host_and_works(remote_gateway, http, 
     assert msg["content"]["text"] == "got remote\n"
 
     # Interrupt a running cell through the REST API.
-    request = sock.message("execute_request", {"code": "import time; time.sleep(60)", "silent": False,
+    request = sock.message("execute_request", {"code": "import time; print('sleeping'); time.sleep(60)", "silent": False,
                                                "store_history": False, "user_expressions": {}, "allow_stdin": False})
     await sock.send(request)
     async with asyncio.timeout(30):
-        while (await model(http, gw, first))["execution_state"] != "busy":
-            await asyncio.sleep(0.1)
+        while (await sock.receive())["header"]["msg_type"] != "stream":
+            pass
+    assert (await model(http, gw, first))["execution_state"] == "busy"
     async with http.post(f"{gw.url}/api/kernels/{first}/interrupt") as r:
         assert r.status == 204
     async with asyncio.timeout(30):
