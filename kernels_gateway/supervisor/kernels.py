@@ -363,6 +363,8 @@ class Kernels:
     async def _restart_process(self, kernel: Kernel, now: bool) -> None:
         """A new process for the kernel (`now`: without asking the old one to shut down), ready and seeded."""
         before = kernel.connection_info()
+        if now:
+            await liveness.kill_remote(kernel.manager)
         await kernel.manager.restart_kernel(now=now)
         if kernel.connection_info() != before:  # a remote kernel may come back on other ports or another host
             await self._rewatch_iopub(kernel)

@@ -9,6 +9,8 @@ kernel is remote, watched, adopted and ended through the provisioner alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from typing import Any
 
 from jupyter_client import AsyncKernelManager
@@ -39,6 +41,14 @@ def asked_to_shut_down(provisioner: KernelProvisionerBase | None) -> bool:
     ended through its provisioner instead: SIGTERM, then SIGKILL if it lingers.
     """
     return not is_remote(provisioner)
+
+
+async def kill_remote(manager: AsyncKernelManager) -> None:
+    """SIGKILL a remote kernel through its provisioner, before a restart replaces it: the provisioner's
+    own kill sends SIGTERM first and polls for 5 s, and ipykernel outlives a SIGTERM."""
+    if is_remote(manager.provisioner):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(manager.provisioner.send_signal(signal.SIGKILL), REMOTE_POLL_TIMEOUT)
 
 
 def local_pid(provisioner: KernelProvisionerBase | None, info: dict[str, Any] | None = None) -> int | None:
