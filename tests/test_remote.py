@@ -222,14 +222,15 @@ async def test_restarts_follow_the_kernel_to_new_ports_and_hosts(remote_gateway,
     await busy_while_sleeping(http, gw, kernel_id, legacy)
 
     # Automatic: the kernel killed on its host comes back, and both websockets hear restarting, then idle.
-    await kill_on_host(host_of(hosts, gw, kernel_id), kernel_id)
+    killed = host_of(hosts, gw, kernel_id)
+    await kill_on_host(killed, kernel_id)
     for sock in (legacy, v1):
         await states_until_idle(sock, first="restarting")  # restarting, then idle
     for sock in (legacy, v1):
         reply, stdout = await sock.execute("print('back')")
         assert stdout == "back\n"
     await busy_while_sleeping(http, gw, kernel_id, v1)
-    assert f"Kernel {kernel_id} died; restarting it" in gw.log()
+    assert f"Kernel {kernel_id} died on {killed.address}; restarting it" in gw.log()
     # The killed process and the one the requested restart replaced are gone; one runs.
     assert len(kernels_on(hosts)) == 1, kernels_on(hosts)
     for sock in (legacy, v1):
@@ -363,4 +364,58 @@ async def test_hostile_env_values_never_run_on_a_host(remote_gateway, http, host
     for path in gw.runtime_dir.rglob("*"):
         if path.is_file() and key in path.read_text(errors="replace"):
             assert path.stat().st_mode & 0o077 == 0, path
+    assert await gw.stop() == 0
+
+
+# -- 5. the rest of the lifecycle -------------------------------------------------------------------
+
+
+async def test_limits_pool_metrics_and_a_clean_stop_for_remote_kernels(remote_gateway, http, hosts):
+    gw = await remote_gateway("--pool", f"{SPEC}=1", "--max-kernels", "2")
+    await eventually(lambda: asyncio.sleep(0, "Warm kernel ready" in gw.log()), timeout=60)
+    assert len(kernels_on(hosts)) == 1  # the spare runs on a host
+
+    # Three starts at once against a limit of two: the remote starts in flight count.
+    answers = await asyncio.gather(*(http.post(f"{gw.url}/api/kernels", json={"name": SPEC, "env": {"KERNEL_N": str(n)}})
+                                     for n in range(3)))
+    statuses = sorted(r.status for r in answers)
+    for r in answers:
+        r.release()
+    assert statuses == [201, 201, 403], statuses
+    async with http.get(f"{gw.url}/api/kernels") as r:
+        ids = [k["id"] for k in await r.json()]
+    assert len(ids) == 2
+    taken = await start_kernel_from_pool(http, gw, ids)
+    assert taken is None  # at the limit, the pool hands out nothing either
+
+    # Logs and metrics name the hosts.
+    for kernel_id in ids:
+        assert f"Kernel started: {kernel_id} on {host_of(hosts, gw, kernel_id).address}" in gw.log()
+    async with http.get(f"{gw.url}/metrics") as r:
+        text = await r.text()
+    counted = {h.address: 0 for h in hosts}
+    for line in text.splitlines():
+        if line.startswith("kernels_gateway_kernels_by_host{"):
+            counted[line.split('"')[1]] = float(line.split()[-1])
+    assert sum(counted.values()) == 2 and set(counted) == {h.address for h in hosts}, counted
+
+    # A clean stop leaves no kernel on any host, the warm spare's included, within the stop's deadline.
+    assert len(kernels_on(hosts)) == 3
+    assert await gw.stop(timeout=40) == 0
+    assert kernels_on(hosts) == []
+    assert not list((gw.runtime_dir / "kernels").glob("*.json"))
+
+
+async def start_kernel_from_pool(http, gw, ids) -> str | None:
+    async with http.post(f"{gw.url}/api/kernels", json={"name": SPEC}) as r:
+        return (await r.json())["id"] if r.status == 201 else None
+
+
+async def test_idle_remote_kernels_are_culled_on_their_hosts(remote_gateway, http, hosts):
+    gw = await remote_gateway("--cull-idle-timeout", "1", "--cull-interval", "0.5")
+    kernel_id = await start_kernel(http, gw)
+    await eventually(lambda: asyncio.sleep(0, f"Kernel culled: {kernel_id}" in gw.log()), timeout=30)
+    await eventually(lambda: asyncio.sleep(0, kernels_on(hosts) == []), timeout=30)
+    async with http.get(f"{gw.url}/api/kernels/{kernel_id}") as r:
+        assert r.status == 404
     assert await gw.stop() == 0

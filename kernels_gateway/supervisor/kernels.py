@@ -53,6 +53,12 @@ SHUTDOWN_MARGIN = 6.0
 OUTPUT_PIPES = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
 
 
+def _on_host(kernel: Kernel) -> str:
+    """Where a remote kernel runs, for its log lines; nothing for a local one."""
+    host = remote.host_of(kernel.manager)
+    return "" if host == "local" else f" on {host}"
+
+
 def valid_kernel_id(kernel_id: Any) -> str:
     if not isinstance(kernel_id, str) or not KERNEL_ID.fullmatch(kernel_id):
         raise KernelNotFound(str(kernel_id)[:100])
@@ -184,7 +190,7 @@ class Kernels:
                 self._register(kernel)
         finally:
             self._starting -= 1
-        log.info("Kernel started: %s", kernel.id)
+        log.info("Kernel started: %s%s", kernel.id, _on_host(kernel))
         return kernel
 
     async def _launch(self, name: str, requested: dict[str, str], pooled: bool = False,
@@ -337,7 +343,7 @@ class Kernels:
             self._emit(kernel, execution_state="dead")
             await self._keep_record(kernel, DEAD)
             return False
-        log.warning("Kernel %s died; restarting it", kernel.id)
+        log.warning("Kernel %s died%s; restarting it", kernel.id, _on_host(kernel))
         kernel.iopub.execution_state = "restarting"
         self._emit(kernel, execution_state="restarting")
         kernel.started_at = time.time()
@@ -356,7 +362,7 @@ class Kernels:
             return True  # its process is gone or hopeless: the keeper comes straight back here
         await self._keep_record(kernel, RUNNING)
         metrics.KERNEL_RESTARTS.labels(kernel.name, "automatic").inc()
-        log.info("Kernel restarted: %s", kernel.id)
+        log.info("Kernel restarted: %s%s", kernel.id, _on_host(kernel))
         self._emit(kernel, connection_info=kernel.connection_info())
         return True
 
