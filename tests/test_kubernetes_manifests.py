@@ -40,6 +40,12 @@ def tool(name: str) -> str:
     return found
 
 
+def gateway_provisioners() -> Path:
+    """The installed package's folder, found without importing it: importing it starts its response
+    manager's set-up, and its Kubernetes module wants a cluster."""
+    return Path(importlib.util.find_spec("gateway_provisioners").origin).parent
+
+
 def kustomization() -> dict:
     return yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
 
@@ -163,7 +169,7 @@ def api_calls(path: Path) -> set[tuple[str, str, str]]:
 
 
 def test_the_role_grants_exactly_what_the_provisioner_calls():
-    provisioner = Path(importlib.util.find_spec("gateway_provisioners.k8s").origin)  # read, not imported
+    provisioner = gateway_provisioners() / "k8s.py"
     scripts = DEPLOY / "kernelspecs" / SPEC / "scripts"
     # The launcher (run in the gateway's pod, the kernelspec's argv) creates the objects its template
     # describes, each through its own call; only those kinds' calls ever run.
@@ -200,8 +206,7 @@ def gateway_help() -> tuple[set[str], set[str]]:
 
 
 def gateway_provisioners_variables() -> set[str]:
-    folder = Path(importlib.util.find_spec("gateway_provisioners").origin).parent
-    return {name for path in folder.rglob("*.py") for name in re.findall(r"[\"'](GP_[A-Z_]+)[\"']", path.read_text())}
+    return {name for path in gateway_provisioners().rglob("*.py") for name in re.findall(r"[\"'](GP_[A-Z_]+)[\"']", path.read_text())}
 
 
 def test_the_command_and_variables_are_the_gateways_own():
@@ -296,6 +301,10 @@ async def test_the_probes_ask_a_real_gateway_started_as_the_pod_starts_it(start_
 
 
 def test_the_kernelspec_is_what_the_spec_tool_writes(tmp_path):
+    pinned = re.search(r"gateway_provisioners\[k8s\]==([\d.]+)", (DEPLOY / "Dockerfile").read_text()).group(1)
+    assert importlib.metadata.version("gateway_provisioners") == pinned, (
+        "the image runs the version tested here: regenerate kernelspecs/ with its jupyter-k8s-spec, "
+        "and check rbac.yaml, when either changes")
     subprocess.run([tool("jupyter-k8s-spec"), "install", "--prefix", str(tmp_path), *SPEC_TOOL_ARGS],
                    check=True, capture_output=True)
     made, shipped = tmp_path / "share" / "jupyter" / "kernels" / SPEC, DEPLOY / "kernelspecs" / SPEC
@@ -316,5 +325,3 @@ def test_the_kernelspec_is_what_the_spec_tool_writes(tmp_path):
                   if ep.group == PROVISIONERS}
     assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] in registered
     assert container_env()["KERNELS_GATEWAY_DEFAULT_KERNEL_NAME"] == SPEC
-    pinned = re.search(r"gateway_provisioners\[k8s\]==([\d.]+)", (DEPLOY / "Dockerfile").read_text()).group(1)
-    assert importlib.metadata.version("gateway_provisioners") == pinned, "the image runs the launcher's version"
