@@ -173,13 +173,15 @@ def api_calls(path: Path) -> set[tuple[str, str, str]]:
 
 
 def test_the_role_grants_exactly_what_the_provisioner_calls():
-    provisioner = gateway_provisioners() / "k8s.py"
+    # The Kubernetes provisioner's module and those of its base classes
+    provisioner = {call for module in ("k8s.py", "container.py", "remote_provisioner.py")
+                   for call in api_calls(gateway_provisioners() / module)}
     scripts = DEPLOY / "kernelspecs" / SPEC / "scripts"
     # The launcher (run in the gateway's pod, the kernelspec's argv) creates the objects its template
     # describes, each through its own call; only those kinds' calls ever run.
     template_kinds = {k.lower() + "s" for k in re.findall(r"^kind: (\w+)", (scripts / "kernel-pod.yaml.j2").read_text(), re.M)}
     launcher = {(verb, kind) for _, verb, kind in api_calls(scripts / "launch_kubernetes.py") if kind in template_kinds}
-    managed = {(verb, kind) for function, verb, kind in api_calls(provisioner)
+    managed = {(verb, kind) for function, verb, kind in provisioner
                if function not in OWN_NAMESPACE_ONLY and kind != "namespaces"}
     used = launcher | managed
     assert ("create", "pods") in used, "the scan finds the provisioner's calls"
