@@ -220,6 +220,7 @@ def test_the_command_and_variables_are_the_gateways_own():
     given = [arg for arg in container()["args"] if arg.startswith("--")]
     assert given and set(given) <= options, f"not options of kernels-gateway: {set(given) - options}"
     assert "command" not in container(), "the image's entrypoint, tini -- kernels-gateway, stays"
+    assert [image["name"] for image in kustomization()["images"]] == [container()["image"]], "kustomize names the image"
     assert arguments("ENTRYPOINT") == ['["tini", "--", "kernels-gateway"]']
     assert not re.search(r"^\s*(ENTRYPOINT|CMD)\b", (DEPLOY / "Dockerfile").read_text(), re.M | re.I)
     ours = {e["name"] for e in container()["env"]}
