@@ -38,10 +38,9 @@ def hosts(remote):
     yield made
     # Whatever a test left on the hosts (a kernel its gateway failed to stop) is not the next test's.
     for host in made:
-        for line in host.processes():
-            if "launch_ipykernel" in line or "ipykernel" in line:
-                host.run("pkill", "-KILL", "-f", "launch_ipykernel.py")
-                break
+        pids = [line.split()[0] for line in host.processes() if "launch_ipykernel" in line]
+        if pids:
+            host.run("kill", "-KILL", *pids)
 
 
 @pytest.fixture
@@ -235,6 +234,37 @@ async def test_restarts_follow_the_kernel_to_new_ports_and_hosts(remote_gateway,
     assert len(kernels_on(hosts)) == 1, kernels_on(hosts)
     for sock in (legacy, v1):
         await sock.close()
+    assert await gw.stop() == 0
+    assert kernels_on(hosts) == []
+
+
+async def test_a_failed_restart_leaves_a_record_the_kernel_recovers_from(remote_gateway, http, hosts):
+    from .test_process import children
+
+    gw = await remote_gateway()
+    kernel_id = await start_kernel(http, gw)
+    sock = await KernelSocket.open(http, gw, kernel_id)
+    for host in hosts:
+        host.link_down()
+    try:
+        async with http.post(f"{gw.url}/api/kernels/{kernel_id}/restart") as r:
+            assert r.status >= 500 and "failed to restart" in (await r.json())["message"]
+        record = json.loads((gw.runtime_dir / "kernels" / f"{kernel_id}.json").read_text())
+        assert record["state"] == "restarting"
+    finally:
+        for host in hosts:
+            subprocess_run(["ip", "link", "set", host.link, "up"])
+    # The kernel is restarted once a host answers again, and its record names its new process: the next
+    # supervisor adopts that one, and nothing runs unowned.
+    await eventually(lambda: _settled(http, gw, kernel_id), timeout=60)
+    await eventually(lambda: _state_is(http, gw, kernel_id, "idle"), timeout=60)
+    [supervisor] = [pid for pid, cmd in children(gw.process.pid).items() if "kernels_gateway supervisor" in cmd]
+    os.kill(supervisor, signal.SIGKILL)
+    await eventually(lambda: asyncio.sleep(0, f"Kernel adopted: {kernel_id}" in gw.log()), timeout=60)
+    assert len(kernels_on(hosts)) == 1
+    _, stdout = await sock.execute("print('after all that')")
+    assert stdout == "after all that\n"
+    await sock.close()
     assert await gw.stop() == 0
     assert kernels_on(hosts) == []
 

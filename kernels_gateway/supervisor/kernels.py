@@ -586,6 +586,8 @@ class Kernels:
         if manager is not None:  # a kernel on another host: only its provisioner can find it
             if state == RUNNING and await liveness.alive(manager):
                 return self._adopted(record, manager)
+            log.warning("Kernel %s on %s, recorded %s, is not running; ending what is left of it",
+                        kernel_id, remote.host_of(manager), state)
             await remote.end(record, self.specs)
             return await self._start_again(record) if state == RESTARTING and not record.get("pooled") else None
         pids = adoption.live_processes(record, self.settings.runtime_dir)

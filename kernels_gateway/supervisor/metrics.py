@@ -23,9 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client import disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .remote import host_of
-
 from .errors import BadRequest, KernelStartFailed
+from .remote import host_of
 
 disable_created_metrics()  # a `_created` series per counter would double the output for little use
 REGISTRY = CollectorRegistry()
