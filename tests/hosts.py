@@ -93,6 +93,16 @@ class Host:
     def link_down(self) -> None:
         _run("ip", "link", "set", self.link, "down")
 
+    @contextlib.contextmanager
+    def unreachable(self) -> Iterator[None]:
+        """No route to the host for the block's duration (connects fail with EHOSTUNREACH), the host and
+        its processes untouched: as a network partition looks from here."""
+        _run("ip", "route", "add", "unreachable", f"{self.address}/32")
+        try:
+            yield
+        finally:
+            subprocess.run(["ip", "route", "del", "unreachable", f"{self.address}/32"], capture_output=True, timeout=30)
+
 
 def _sshd_config(host: Host, client_key: Path) -> Path:
     config = host.folder / "sshd_config"

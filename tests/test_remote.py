@@ -8,6 +8,7 @@ Each test owns its gateway; the hosts are shared by the module and torn down aft
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -238,32 +239,32 @@ async def test_restarts_follow_the_kernel_to_new_ports_and_hosts(remote_gateway,
     assert kernels_on(hosts) == []
 
 
-async def test_a_failed_restart_leaves_a_record_the_kernel_recovers_from(remote_gateway, http, hosts):
+async def test_a_restart_never_leaves_a_kernel_running_unowned(remote_gateway, http, hosts):
+    """A restart while the kernel's host does not answer fails and changes nothing: the kernel, which may
+    well still run there, is neither replaced nor forgotten, and its record still names it."""
     from .test_process import children
 
     gw = await remote_gateway()
     kernel_id = await start_kernel(http, gw)
     sock = await KernelSocket.open(http, gw, kernel_id)
-    for host in hosts:
-        host.link_down()
-    try:
-        async with http.post(f"{gw.url}/api/kernels/{kernel_id}/restart") as r:
-            assert r.status >= 500 and "failed to restart" in (await r.json())["message"]
-        record = json.loads((gw.runtime_dir / "kernels" / f"{kernel_id}.json").read_text())
-        assert record["state"] == "restarting"
-    finally:
+    await sock.execute("x = 'kept'")
+    record = json.loads((gw.runtime_dir / "kernels" / f"{kernel_id}.json").read_text())
+    with contextlib.ExitStack() as partition:
         for host in hosts:
-            subprocess_run(["ip", "link", "set", host.link, "up"])
-    # The kernel is restarted once a host answers again, and its record names its new process: the next
-    # supervisor adopts that one, and nothing runs unowned.
-    await eventually(lambda: _settled(http, gw, kernel_id), timeout=60)
-    await eventually(lambda: _state_is(http, gw, kernel_id, "idle"), timeout=60)
+            partition.enter_context(host.unreachable())
+        async with http.post(f"{gw.url}/api/kernels/{kernel_id}/restart") as r:
+            body = await r.json()
+            assert r.status == 500 and "does not answer" in body["message"], body
+    assert json.loads((gw.runtime_dir / "kernels" / f"{kernel_id}.json").read_text()) == record
+    _, stdout = await sock.execute("print(x)")
+    assert stdout == "kept\n"
+    # The next supervisor adopts that very process; nothing runs unowned.
     [supervisor] = [pid for pid, cmd in children(gw.process.pid).items() if "kernels_gateway supervisor" in cmd]
     os.kill(supervisor, signal.SIGKILL)
     await eventually(lambda: asyncio.sleep(0, f"Kernel adopted: {kernel_id}" in gw.log()), timeout=60)
     assert len(kernels_on(hosts)) == 1
-    _, stdout = await sock.execute("print('after all that')")
-    assert stdout == "after all that\n"
+    _, stdout = await sock.execute("print(x)")
+    assert stdout == "kept\n"
     await sock.close()
     assert await gw.stop() == 0
     assert kernels_on(hosts) == []

@@ -369,8 +369,8 @@ class Kernels:
     async def _restart_process(self, kernel: Kernel, now: bool) -> None:
         """A new process for the kernel (`now`: without asking the old one to shut down), ready and seeded."""
         before = kernel.connection_info()
-        if now:
-            await liveness.kill_remote(kernel.manager)
+        if now and not await liveness.ended_remote(kernel.manager):
+            raise KernelStartFailed(f"its host {remote.host_of(kernel.manager)} does not answer, and it may still run there")
         await kernel.manager.restart_kernel(now=now)
         if kernel.connection_info() != before:  # a remote kernel may come back on other ports or another host
             await self._rewatch_iopub(kernel)
@@ -427,6 +427,10 @@ class Kernels:
         kernel = self.get(kernel_id)
         async with kernel.lock:
             self.get(kernel_id)  # it may have been shut down while we waited for the lock
+            now = not liveness.asked_to_shut_down(kernel.manager.provisioner)
+            if now and not await liveness.ended_remote(kernel.manager):  # nothing changed: it may run on
+                raise KernelStartFailed(f"Kernel {kernel_id} cannot be restarted: its host "
+                                        f"{remote.host_of(kernel.manager)} does not answer")
             await self._stop_keeping(kernel)
             kernel.iopub.execution_state = "restarting"
             kernel.started_at = time.time()
@@ -435,7 +439,7 @@ class Kernels:
             self._emit(kernel, hold=True)
             await self._keep_record(kernel, RESTARTING)
             try:
-                await self._restart_process(kernel, now=not liveness.asked_to_shut_down(kernel.manager.provisioner))
+                await self._restart_process(kernel, now=now)
             except Exception as e:
                 kernel.iopub.execution_state = "dead"
                 kernel.reason = f"restart failed: {e}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from typing import Any
 
@@ -26,6 +27,10 @@ REMOTE_POLL_INTERVAL = 0.5
 REMOTE_MISSES = 2
 # Bound on one poll: a provisioner whose poll hangs (an unreachable host) says nothing good about its kernel.
 REMOTE_POLL_TIMEOUT = 5.0
+# How a remote kernel's end is proven after a SIGKILL: its listener refuses within these probes.
+LISTENER_PROBES = 25
+LISTENER_PROBE_INTERVAL = 0.2
+LISTENER_TIMEOUT = 2.0
 
 
 def is_remote(provisioner: KernelProvisionerBase | None) -> bool:
@@ -43,12 +48,35 @@ def asked_to_shut_down(provisioner: KernelProvisionerBase | None) -> bool:
     return not is_remote(provisioner)
 
 
-async def kill_remote(manager: AsyncKernelManager) -> None:
-    """SIGKILL a remote kernel through its provisioner, before a restart replaces it: the provisioner's
-    own kill sends SIGTERM first and polls for 5 s, and ipykernel outlives a SIGTERM."""
-    if is_remote(manager.provisioner):
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(manager.provisioner.send_signal(signal.SIGKILL), REMOTE_POLL_TIMEOUT)
+async def ended_remote(manager: AsyncKernelManager) -> bool:
+    """SIGKILL a remote kernel through its provisioner before a restart replaces it (the provisioner's own
+    kill sends SIGTERM and polls for 5 s, and ipykernel outlives a SIGTERM); whether it is provably gone.
+
+    The provisioner's poll cannot tell a kernel that is gone (its listener's port refuses) from a host
+    that does not answer: a kernel replaced while it may still run would run on, owned by nobody. So the
+    listener is asked here, and only a refusal counts as the kernel's end. A local kernel, and a remote
+    one reached by other means than a listener, are ended by their provisioner's kill.
+    """
+    provisioner = manager.provisioner
+    port, ip = getattr(provisioner, "comm_port", 0), getattr(provisioner, "comm_ip", None)
+    if not is_remote(provisioner) or not port or not ip:
+        return True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(provisioner.send_signal(signal.SIGKILL), REMOTE_POLL_TIMEOUT)
+    for _ in range(LISTENER_PROBES):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), LISTENER_TIMEOUT)
+        except ConnectionRefusedError:
+            return True
+        except (OSError, TimeoutError):
+            return False  # unreachable: nobody can say whether it runs
+        # A listener whose kernel is gone exits on the next request it cannot carry out.
+        writer.write(json.dumps({"signum": 0}).encode())
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        await asyncio.sleep(LISTENER_PROBE_INTERVAL)
+    return False
 
 
 def local_pid(provisioner: KernelProvisionerBase | None, info: dict[str, Any] | None = None) -> int | None:
