@@ -32,7 +32,8 @@ import zmq.asyncio
 
 from . import metrics
 from .errors import BadRequest, ExecutionNotFound, InputNotPending, KernelBusy, KernelNotFound
-from .kernels import Kernel, Kernels
+from .kernels import Kernels
+from .launcher import Kernel
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")

@@ -17,15 +17,18 @@ from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
 
 from ..config import Config, pool_sizes
 from ..systemd import Notifier
-from .replay import ReplayLimits
+from .adoption import adopt_all
 from .client import SupervisorClient
+from .culler import cull
 from .errors import GatewayError
 from .executions import ExecutionLimits
 from .fork_provisioner import start_templates
-from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
+from .kernels import Kernels
+from .launcher import MAX_SOCKET_PATH, KernelSettings
 from .lock import RuntimeLock
 from .process import exited
 from .records import own_directory
+from .replay import ReplayLimits
 from .seed import Seed, load_seed
 from .server import SupervisorServer
 
@@ -122,12 +125,12 @@ async def _serve(config: Config) -> None:
             await server.start_serving()
             log.info("Supervisor listening on %s", config.socket_path)
             # Kernels a previous supervisor left running come first; launch kernels only on a fresh start.
-            if not await kernels.adopt_all():
+            if not await adopt_all(kernels):
                 for _ in range(config.initial_kernels):
                     await kernels.start(config.kernel_name or None)
             kernels.pool.start()
             if config.cull_idle_timeout > 0:
-                culler = asyncio.create_task(kernels.cull(), name="culler")
+                culler = asyncio.create_task(cull(kernels), name="culler")
             notifier.ready()
             if await _until_stopped_or_orphaned(stop, config.arbiter_pid):
                 handed_over = await _wait_for_successor(config, server, stop, len(kernels.list()))

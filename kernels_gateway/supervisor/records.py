@@ -23,12 +23,20 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from .errors import KernelNotFound
+
 log = logging.getLogger("kernels_gateway.supervisor")
 
 # Kernel ids are the canonical form of a random UUID, and nothing else is ever looked up, logged or
 # turned into a path: whatever a client puts in a URL stops here.
 KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 STARTING, RUNNING, RESTARTING, DEAD = "starting", "running", "restarting", "dead"
+
+
+def valid_kernel_id(kernel_id: Any) -> str:
+    if not isinstance(kernel_id, str) or not KERNEL_ID.fullmatch(kernel_id):
+        raise KernelNotFound(str(kernel_id)[:100])
+    return kernel_id
 
 
 class UntrustedPath(RuntimeError):

@@ -17,8 +17,9 @@ from typing import Any
 from . import metrics, progress, replies, wire
 from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
 from .executions import ExecutionLimits, Executions
-from .kernels import Kernels, valid_kernel_id
+from .kernels import Kernels
 from .process import gone
+from .records import valid_kernel_id
 from .sessions import Sessions
 
 log = logging.getLogger("kernels_gateway.supervisor")

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadRequest, KernelNotFound, SessionNotFound
-from .kernels import KERNEL_ID, Kernels
+from .kernels import Kernels
+from .records import KERNEL_ID
 
 FIELDS = ("path", "name", "type")
 
