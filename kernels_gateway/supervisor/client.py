@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import wire
+from . import operations, wire
 from .errors import GatewayError, SupervisorUnavailable, from_wire
 
 log = logging.getLogger("kernels_gateway.client")
@@ -138,6 +138,8 @@ class SupervisorClient:
     # -- the connection ------------------------------------------------------------------------
 
     async def request(self, op: str, **args: Any) -> Any:
+        """The supervisor's answer to one operation, its arguments checked before they are sent."""
+        args = operations.check(op, args)
         timeout = self.deadlines.get(op, QUICK)
         try:
             async with asyncio.timeout(timeout):
