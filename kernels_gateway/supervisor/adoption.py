@@ -129,7 +129,7 @@ async def adopt_all(kernels: Kernels) -> int:
             log.warning("Kernel %s cannot be adopted (%s); forgetting it", record.get("id"), e)
             kernel = None
         if kernel is None:
-            end_kernel(kernels.records, record, kernels.settings.runtime_dir)
+            end_kernel(kernels.records, record, kernels.config.runtime_dir)
         elif record.get("pooled"):
             await kernels.shutdown(kernel.id, why="shutdown (unused warm kernel)")
         else:
@@ -141,7 +141,7 @@ async def adopt_all(kernels: Kernels) -> int:
 
 async def _adopt(kernels: Kernels, record: dict[str, Any]) -> Kernel | None:
     """The record's kernel, registered and watched; None when there is nothing to adopt."""
-    runtime_dir, launcher = kernels.settings.runtime_dir, kernels.launcher
+    runtime_dir, launcher = kernels.config.runtime_dir, kernels.launcher
     kernel_id, state = valid_kernel_id(record["id"]), record.get("state", RUNNING)
     pids = live_processes(record, runtime_dir)
     if state not in (RUNNING, RESTARTING) or (pids is not None and len(pids) != 1):
@@ -151,7 +151,7 @@ async def _adopt(kernels: Kernels, record: dict[str, Any]) -> Kernel | None:
             kill_group(pid)
         return await _start_again(kernels, record)
     manager = await adopted_manager(record, pids[0] if pids else None, kernels.specs,
-                                    kernels.settings.shutdown_wait, launcher.launch_args(record["env"]))
+                                    kernels.config.shutdown_wait, launcher.launch_args(record["env"]))
     if not await manager.is_alive():
         return None
     kernel = launcher.kernel(kernel_id, record["name"], manager, record["env"])
@@ -162,7 +162,7 @@ async def _adopt(kernels: Kernels, record: dict[str, Any]) -> Kernel | None:
 
 async def _start_again(kernels: Kernels, record: dict[str, Any]) -> Kernel:
     """A kernel whose restart a crash interrupted before its new process ran: started anew, same id."""
-    connection_file = connection_file_of(record, kernels.settings.runtime_dir)
+    connection_file = connection_file_of(record, kernels.config.runtime_dir)
     if connection_file:
         remove_files(connection_file)
     kernel = await kernels.launcher.launch(record["name"], record["env"], kernel_id=record["id"])

@@ -20,17 +20,17 @@ log = logging.getLogger("kernels_gateway.supervisor")
 async def cull(kernels: Kernels) -> None:
     """Every cull interval, shut down kernels idle for longer than the timeout, and dead ones.
     `connected` and `busy` kernels count as idle only when the options say so."""
-    settings = kernels.settings
+    config = kernels.config
     while True:
-        await asyncio.sleep(settings.cull_interval)
+        await asyncio.sleep(config.cull_interval)
         now = time.time()
         for kernel in kernels.list():
             state = kernel.iopub.execution_state
-            idle = now - kernel.iopub.last_activity > settings.cull_idle_timeout
+            idle = now - kernel.iopub.last_activity > config.cull_idle_timeout
             if state == "dead" or (
                 idle
-                and (settings.cull_busy or state != "busy")
-                and (settings.cull_connected or kernel.connections == 0)
+                and (config.cull_busy or state != "busy")
+                and (config.cull_connected or kernel.connections == 0)
             ):
                 log.warning("Culling kernel %s (%s, %d connections, idle %.0f s)", kernel.id, state,
                             kernel.connections, now - kernel.iopub.last_activity)

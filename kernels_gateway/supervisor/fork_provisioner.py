@@ -184,10 +184,10 @@ async def start_templates(kernels: Kernels, fork: str, preload: tuple[str, ...],
         spec = found["spec"]
         if forks_python(spec.get("argv", [])) and not spec.get("metadata", {}).get("kernel_provisioner"):
             specs[name] = {**kernels.env.kernel({}), **spec.get("env", {})}
-    templates = Templates(preload, kernels.settings.start_timeout)
+    templates = Templates(preload, kernels.config.kernel_start_timeout)
     # Those of the kernels about to start: the first ones, the default kernelspec's and the warm pool's.
-    now = {(kernels.settings.force_kernel_name or first or kernels.default_name).lower(), kernels.default_name.lower(),
-           *(name for name, _ in kernels.settings.pool)}
+    now = {(kernels.config.force_kernel_name or first or kernels.default_name).lower(), kernels.default_name.lower(),
+           *(name for name, _ in kernels.config.pool_sizes)}
     try:
         await templates.start(specs, now)
     except TemplateError as e:

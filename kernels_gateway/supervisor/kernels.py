@@ -20,17 +20,21 @@ from typing import Any
 import zmq.asyncio
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
 
+from ..config import Config
+
 from . import adoption, metrics
 from .environment import EnvironmentPolicy
 from .errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
-from .launcher import Kernel, KernelSettings, Launcher
+from .launcher import Kernel, Launcher
 from .pool import WarmPool
 from .process import exited
 from .records import DEAD, RESTARTING, RUNNING, Records, valid_kernel_id
 from .replay import Missed
+from .seed import Seed
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
+STABLE_AFTER = 10.0  # seconds a kernel must live for its death not to count against --restart-limit
 POLL_INTERVAL = 1.0  # for provisioners whose process we cannot watch through a pidfd
 # jupyter_client's shutdown takes at most the shutdown wait, then up to 5 s to see a SIGKILLed process go.
 SHUTDOWN_MARGIN = 6.0
@@ -40,22 +44,23 @@ Listener = Callable[[dict[str, Any]], None]
 
 
 class Kernels:
-    def __init__(self, settings: KernelSettings):
-        self.settings = settings
+    def __init__(self, config: Config, seed: Seed | None = None, secret_env: frozenset[str] = frozenset()):
+        """`secret_env`: names of the supervisor's environment that no kernel inherits."""
+        self.config = config
         self.specs = KernelSpecManager()
-        self.records = Records(settings.runtime_dir)
-        self.env = EnvironmentPolicy(settings.env_allow, settings.env_inherit, settings.secret_env)
+        self.records = Records(config.runtime_dir)
+        self.env = EnvironmentPolicy(frozenset(config.env_allow), frozenset(config.env_inherit), secret_env)
         self.listeners: set[Listener] = set()
         self._kernels: dict[str, Kernel] = {}
         self._starting = 0
-        self.launcher = Launcher(settings, self.specs, self.records, self.env)
-        self.pool = WarmPool(dict(settings.pool), self.launcher)
+        self.launcher = Launcher(config, seed, self.specs, self.records, self.env)
+        self.pool = WarmPool(dict(config.pool_sizes), self.launcher)
 
     # -- kernelspecs -------------------------------------------------------------------------
 
     @property
     def default_name(self) -> str:
-        return self.settings.default_kernel_name or NATIVE_KERNEL_NAME
+        return self.config.default_kernel_name or NATIVE_KERNEL_NAME
 
     def kernelspecs(self) -> dict[str, Any]:
         specs = {}
@@ -79,13 +84,13 @@ class Kernels:
 
     async def start(self, name: str | None = None, env: Mapping[str, str] | None = None) -> Kernel:
         # Lower case, as jupyter_client names kernelspecs: "Python3" is python3, warm kernels included.
-        name = (self.settings.force_kernel_name or name or self.default_name).lower()
+        name = (self.config.force_kernel_name or name or self.default_name).lower()
         try:
             self.specs.get_kernel_spec(name)
         except NoSuchKernel:
             raise KernelSpecNotFound(name) from None
         requested = self.env.requested(env or {})
-        limit = self.settings.max_kernels
+        limit = self.config.max_kernels
         # Counting starts in flight before the first await keeps a burst of starts from overshooting.
         if limit and len(self._kernels) + self._starting >= limit:
             raise KernelLimit(f"A max kernels limit of {limit} has been set and reached")
@@ -153,9 +158,9 @@ class Kernels:
     async def _recover(self, kernel: Kernel) -> bool:
         """Restart a kernel that died; False once it is declared dead."""
         lived = time.time() - kernel.started_at
-        kernel.quick_deaths = 0 if lived > self.settings.stable_after else kernel.quick_deaths + 1
-        if kernel.quick_deaths > self.settings.restart_limit:
-            reason = f"the kernel died {kernel.quick_deaths} times in a row within {self.settings.stable_after:g} s of starting"
+        kernel.quick_deaths = 0 if lived > STABLE_AFTER else kernel.quick_deaths + 1
+        if kernel.quick_deaths > self.config.restart_limit:
+            reason = f"the kernel died {kernel.quick_deaths} times in a row within {STABLE_AFTER:g} s of starting"
             log.error("Kernel %s is dead: %s", kernel.id, reason)
             self._become(kernel, "dead", reason, announce=True)
             await self._keep_record(kernel, DEAD)
@@ -297,15 +302,15 @@ class Kernels:
         kernels = self.list()
         await asyncio.gather(*(self.launcher.stop_watching(k) for k in kernels))
         try:
-            async with asyncio.timeout(self.settings.shutdown_wait + SHUTDOWN_MARGIN):
+            async with asyncio.timeout(self.config.shutdown_wait + SHUTDOWN_MARGIN):
                 await asyncio.gather(
                     self.pool.close(), *(self.shutdown(k.id) for k in kernels), return_exceptions=True
                 )
         except TimeoutError:
-            log.error("Kernels did not all shut down within %g s; killing them", self.settings.shutdown_wait + SHUTDOWN_MARGIN)
+            log.error("Kernels did not all shut down within %g s; killing them", self.config.shutdown_wait + SHUTDOWN_MARGIN)
         for kernel_id in list(self.records.ours):
             if record := self.records.load(kernel_id):
-                adoption.end_kernel(self.records, record, self.settings.runtime_dir)
+                adoption.end_kernel(self.records, record, self.config.runtime_dir)
 
     async def release(self) -> None:
         """Stop watching every kernel and leave it running, with its record and files, for the next

@@ -27,6 +27,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
 from . import adoption
+from ..config import Config
 from .activity import IOPub, ReplayLimits, subscriber
 from .environment import EnvironmentPolicy
 from .errors import KernelStartFailed
@@ -45,30 +46,6 @@ MAX_IPC_PREFIX = MAX_SOCKET_PATH - len("-65535")
 IOPUB_PROOF_WAIT = 0.1
 # Every launch, restarts included (jupyter_client keeps the launch arguments), gets pipes for its output.
 OUTPUT_PIPES = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-
-
-@dataclass(frozen=True)
-class KernelSettings:
-    runtime_dir: Path
-    default_kernel_name: str = ""
-    force_kernel_name: str = ""
-    transport: str = "ipc"
-    max_kernels: int = 0
-    env_allow: frozenset[str] = frozenset()
-    env_inherit: frozenset[str] = frozenset()  # empty: inherit every name but the secrets
-    secret_env: frozenset[str] = frozenset()
-    start_timeout: float = 60.0
-    shutdown_wait: float = 5.0
-    restart_limit: int = 5
-    stable_after: float = 10.0
-    replay: ReplayLimits = ReplayLimits()
-    cull_idle_timeout: float = 0.0
-    cull_interval: float = 300.0
-    cull_connected: bool = False
-    cull_busy: bool = False
-    pool: tuple[tuple[str, int], ...] = ()  # warm kernels per kernelspec
-    seed: Seed | None = None  # code cells run in every new kernel of their language
-    kernel_nice: int = 10  # added to each local kernel's scheduling niceness
 
 
 @dataclass(eq=False)
@@ -107,15 +84,18 @@ class Kernel:
 
 
 class Launcher:
-    def __init__(self, settings: KernelSettings, specs: KernelSpecManager, records: Records, env: EnvironmentPolicy):
-        self.settings = settings
+    def __init__(self, config: Config, seed: Seed | None, specs: KernelSpecManager, records: Records,
+                 env: EnvironmentPolicy):
+        self.config = config
+        self.seed = seed  # code cells run in every new kernel of their language
+        self.replay = ReplayLimits(max_bytes=config.replay_bytes, max_age=config.replay_age)
         self.specs = specs
         self.records = records
         self.env = env
         self.zmq = zmq.asyncio.Context()
 
     def kernel(self, kernel_id: str, name: str, manager: AsyncKernelManager, requested: dict[str, str]) -> Kernel:
-        return Kernel(id=kernel_id, name=name, manager=manager, iopub=IOPub(kernel_id, self.settings.replay),
+        return Kernel(id=kernel_id, name=name, manager=manager, iopub=IOPub(kernel_id, self.replay),
                       output=KernelOutput(kernel_id), requested_env=requested)
 
     def launch_args(self, requested: dict[str, str]) -> dict[str, Any]:
@@ -202,28 +182,28 @@ class Launcher:
         """A new process of the kernel runs: log what it prints, and let the gateway go first."""
         process = getattr(kernel.manager.provisioner, "process", None)
         await kernel.output.follow(process)
-        if process is not None and self.settings.kernel_nice:
-            lower_priority(process.pid, self.settings.kernel_nice)
+        if process is not None and self.config.kernel_nice:
+            lower_priority(process.pid, self.config.kernel_nice)
 
     def _manager(self, kernel_id: str, name: str) -> AsyncKernelManager:
         manager = AsyncKernelManager(
             kernel_name=name,
             kernel_id=kernel_id,
             kernel_spec_manager=self.specs,
-            transport=self.settings.transport,
-            connection_file=str(self.settings.runtime_dir / f"kernel-{kernel_id}.json"),
-            shutdown_wait_time=self.settings.shutdown_wait,
+            transport=self.config.transport,
+            connection_file=str(self.config.runtime_dir / f"kernel-{kernel_id}.json"),
+            shutdown_wait_time=self.config.shutdown_wait,
         )
         manager.ip = self._kernel_ip(kernel_id)
         return manager
 
     def _kernel_ip(self, kernel_id: str) -> str:
-        if self.settings.transport == "tcp":
+        if self.config.transport == "tcp":
             return "127.0.0.1"
-        prefix = str(self.settings.runtime_dir / f"k-{kernel_id[:8]}")
+        prefix = str(self.config.runtime_dir / f"k-{kernel_id[:8]}")
         if len(prefix.encode()) > MAX_IPC_PREFIX:
             raise KernelStartFailed(
-                f"Runtime directory {self.settings.runtime_dir} is too deep for IPC sockets "
+                f"Runtime directory {self.config.runtime_dir} is too deep for IPC sockets "
                 f"(Unix socket paths are limited to {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir"
             )
         return prefix
@@ -232,10 +212,10 @@ class Launcher:
         """Answering, and seeded if a seed fits its language: on every start and every restart, so that
         a restarted kernel is what a new one would be. A kernel whose seed fails is killed, never handed out."""
         await self._wait_ready(kernel)
-        seed = self.settings.seed
+        seed = self.seed
         if seed and seed.fits(kernel.manager.kernel_spec.language):
             try:
-                await seed.run(kernel.manager.session, kernel.connection_info(), self.zmq, self.settings.start_timeout)
+                await seed.run(kernel.manager.session, kernel.connection_info(), self.zmq, self.config.kernel_start_timeout)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await kernel.manager.signal_kernel(signal.SIGKILL)
@@ -258,7 +238,7 @@ class Launcher:
         shell.reconnect_ivl = KERNEL_RECONNECT_MS
         shell.connect(kernel_url(kernel.connection_info(), "shell"))
         try:
-            async with asyncio.timeout(self.settings.start_timeout):
+            async with asyncio.timeout(self.config.kernel_start_timeout):
                 while True:
                     kernel.manager.session.send(shell, "kernel_info_request")
                     while not await shell.poll(1000):
@@ -269,6 +249,6 @@ class Launcher:
                         await asyncio.wait_for(kernel.iopub.heard.wait(), IOPUB_PROOF_WAIT)
                         return
         except TimeoutError:
-            raise KernelStartFailed(f"no reply within {self.settings.start_timeout:g} s") from None
+            raise KernelStartFailed(f"no reply within {self.config.kernel_start_timeout:g} s") from None
         finally:
             shell.close()

@@ -13,9 +13,9 @@ import logging
 import os
 import signal
 
-from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
+from jupyter_client.kernelspec import KernelSpecManager
 
-from ..config import Config, pool_sizes
+from ..config import Config
 from ..systemd import Notifier
 from .adoption import adopt_all
 from .client import SupervisorClient
@@ -24,12 +24,11 @@ from .errors import GatewayError
 from .executions import ExecutionLimits
 from .fork_provisioner import start_templates
 from .kernels import Kernels
-from .launcher import MAX_SOCKET_PATH, KernelSettings
+from .launcher import MAX_SOCKET_PATH
 from .lock import RuntimeLock
 from .process import exited
 from .records import own_directory
-from .replay import ReplayLimits
-from .seed import Seed, load_seed
+from .seed import load_seed
 from .server import SupervisorServer
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -43,28 +42,9 @@ SECRET_ENV_PREFIXES = ("KERNELS_GATEWAY_", "KG_")
 HAND_OVER_TIMEOUT = 30.0
 
 
-def kernel_settings(config: Config, seed: Seed | None = None) -> KernelSettings:
-    return KernelSettings(
-        runtime_dir=config.runtime_dir,
-        default_kernel_name=config.default_kernel_name,
-        force_kernel_name=config.force_kernel_name,
-        transport=config.transport,
-        max_kernels=config.max_kernels,
-        env_allow=frozenset(config.env_allow),
-        env_inherit=frozenset(config.env_inherit),
-        secret_env=SECRET_ENV | {name for name in os.environ if name.startswith(SECRET_ENV_PREFIXES)},
-        start_timeout=config.kernel_start_timeout,
-        shutdown_wait=config.shutdown_wait,
-        restart_limit=config.restart_limit,
-        replay=ReplayLimits(max_bytes=config.replay_bytes, max_age=config.replay_age),
-        cull_idle_timeout=config.cull_idle_timeout,
-        cull_interval=config.cull_interval,
-        cull_connected=config.cull_connected,
-        cull_busy=config.cull_busy,
-        seed=seed,
-        kernel_nice=config.kernel_nice,
-        pool=pool_sizes(config.pool, config.force_kernel_name or config.default_kernel_name or NATIVE_KERNEL_NAME),
-    )
+def secret_env() -> frozenset[str]:
+    """The names of the supervisor's environment that no kernel inherits."""
+    return SECRET_ENV | {name for name in os.environ if name.startswith(SECRET_ENV_PREFIXES)}
 
 
 def prepare_runtime_dir(config: Config) -> None:
@@ -110,7 +90,7 @@ async def _serve(config: Config) -> None:
     seed = await load_seed(config.seed_uri, KernelSpecManager()) if config.seed_uri else None
     if seed:
         log.info("Seeding %s kernels with %d cell(s) of %s", seed.language, len(seed.cells), seed.uri)
-    kernels = Kernels(kernel_settings(config, seed))
+    kernels = Kernels(config, seed, secret_env())
     templates = await start_templates(kernels, config.fork, config.preload, config.kernel_name)
     limits = ExecutionLimits(max_bytes=config.execution_bytes, max_age=config.execution_age)
     server = SupervisorServer(kernels, config.socket_path, limits)

@@ -150,7 +150,7 @@ class SupervisorServer:
         name, slot = found.get("file"), found.get("slot")
         if not isinstance(name, str) or not PROGRESS_FILE.fullmatch(name) or not isinstance(slot, int) or slot < 0:
             raise BadRequest("progress must name a progress file and a slot")
-        path = self.kernels.settings.runtime_dir / name
+        path = self.kernels.config.runtime_dir / name
         client.progress_files.add(path)
         return lambda: progress.read(str(path), slot)
 
@@ -198,7 +198,7 @@ class SupervisorServer:
         try:
             kernel = self.kernels.get(kernel_id)
             await replies.collect(self.kernels.zmq_context, kernel.connection_info(), connection.encode(), requests,
-                                  self.kernels.settings.replay.max_age,
+                                  self.kernels.config.replay_age,
                                   lambda channel, parts: self._deliver_reply(kernel_id, session_id, channel, parts))
         except GatewayError:
             pass  # the kernel is gone, and its replies with it

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
+from kernels_gateway.config import Config
 from kernels_gateway.supervisor import operations
 from kernels_gateway.supervisor.client import SupervisorClient
 from kernels_gateway.supervisor.errors import BadRequest
 from kernels_gateway.supervisor.kernels import Kernels
-from kernels_gateway.supervisor.launcher import KernelSettings
 from kernels_gateway.supervisor.server import SupervisorServer
 
 
 async def test_the_server_serves_every_declared_operation_and_no_other(tmp_path):
-    kernels = Kernels(KernelSettings(runtime_dir=tmp_path / "run"))
+    kernels = Kernels(Config(runtime_dir=tmp_path / "run"))
     try:
         server = SupervisorServer(kernels, tmp_path / "run" / "socket")
         assert set(server.ops) == set(operations.OPERATIONS)
