@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
-import errno
 import logging
 import os
 import signal
@@ -21,7 +20,7 @@ import uuid
 from collections.abc import Callable
 
 from .config import SUPERVISOR, WEB, Config
-from .gateway.server import address_in_use
+from .gateway.server import cannot_listen
 from .supervisor.adoption import end_recorded_kernels
 from .supervisor.main import SECRET_ENV, SECRET_ENV_PREFIXES, prepare_runtime_dir
 from .systemd import Notifier
@@ -283,9 +282,7 @@ def _claim_port(config: Config) -> socket.socket:
             probe.bind((config.ip, config.port))
     except OSError as e:
         claim.close()
-        if e.errno == errno.EADDRINUSE:
-            raise address_in_use(config) from None
-        raise
+        raise cannot_listen(config, e) from None
     return claim
 
 

@@ -307,6 +307,8 @@ def _problem(config: Config) -> str | None:
                 "with its visitors' credentials; list the origins instead")
     if not config.certfile and (config.keyfile or config.client_ca):
         return "--keyfile and --client-ca need --certfile"
+    if config.preload and config.fork == "none":
+        return "--preload needs forking: add --fork python, or drop --preload"
     return None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ssl
 
 from .config import Config
+from .errors import CannotStart
 
 
 def server_context(config: Config) -> ssl.SSLContext | None:
@@ -17,12 +18,12 @@ def server_context(config: Config) -> ssl.SSLContext | None:
         context.load_cert_chain(config.certfile, config.keyfile or None)
     except OSError as e:  # ssl's own errors do not name the file
         key = config.keyfile or "in it"
-        raise RuntimeError(f"Cannot load TLS certificate {config.certfile} (key {key}): {e}") from None
+        raise CannotStart(f"Cannot load TLS certificate {config.certfile} (key {key}): {e}") from None
     if config.client_ca:
         try:
             context.load_verify_locations(config.client_ca)
         except OSError as e:
-            raise RuntimeError(f"Cannot load client CA certificates {config.client_ca}: {e}") from None
+            raise CannotStart(f"Cannot load client CA certificates {config.client_ca}: {e}") from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 

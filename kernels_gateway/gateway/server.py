@@ -11,6 +11,7 @@ import socket
 from aiohttp import web
 
 from ..config import Config
+from ..errors import CannotStart
 from ..systemd import Notifier, listen_sockets
 from ..tls import server_context
 from .app import make_app
@@ -25,8 +26,10 @@ SHUTDOWN_TIMEOUT = 5.0
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{Referer}i" "%{User-Agent}i"'
 
 
-def address_in_use(config: Config) -> RuntimeError:
-    return RuntimeError(f"Cannot listen on {config.ip}:{config.port}: address already in use")
+def cannot_listen(config: Config, e: OSError) -> CannotStart:
+    """Why --ip and --port cannot be listened on (in use, a privileged port, an address not ours)."""
+    why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e)).lower()
+    return CannotStart(f"Cannot listen on {config.ip}:{config.port}: {why}")
 
 
 async def serve(config: Config) -> None:
@@ -50,9 +53,7 @@ async def serve(config: Config) -> None:
                 try:
                     await site.start()
                 except OSError as e:
-                    if e.errno == errno.EADDRINUSE:
-                        raise address_in_use(config) from None
-                    raise
+                    raise cannot_listen(config, e) from None
             if config.fd < 0:  # the arbiter logs the address of the socket it shares
                 for address in inherited or [None]:
                     log.info("Serving at %s", _site_url(config, address))

@@ -16,6 +16,7 @@ import signal
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..config import Config
+from ..errors import CannotStart
 from ..systemd import Notifier
 from .adoption import adopt_all
 from .client import SupervisorClient
@@ -49,11 +50,14 @@ def secret_env() -> frozenset[str]:
 
 def prepare_runtime_dir(config: Config) -> None:
     if len(bytes(config.socket_path)) > MAX_SOCKET_PATH:
-        raise RuntimeError(
+        raise CannotStart(
             f"Runtime directory {config.runtime_dir} is too deep for Unix sockets "
             f"(paths are limited to {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir"
         )
-    own_directory(config.runtime_dir)
+    try:
+        own_directory(config.runtime_dir)
+    except OSError as e:
+        raise CannotStart(f"Runtime directory {config.runtime_dir} cannot be used: {e.strerror or e}") from None
 
 
 async def serve(config: Config) -> None:
@@ -70,7 +74,7 @@ async def serve(config: Config) -> None:
 async def _take_over(config: Config, lock: RuntimeLock) -> None:
     """The runtime directory is locked: by the supervisor of a running gateway, which refuses, or by one
     whose gateway died, which hands its kernels over and lets go."""
-    in_use = RuntimeError(
+    in_use = CannotStart(
         f"Runtime directory {config.runtime_dir} is in use by another kernels-gateway (pid {lock.holder()}); "
         "to run two gateways, give each its own --runtime-dir"
     )

@@ -23,6 +23,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from ..errors import CannotStart
 from .errors import KernelNotFound
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -39,7 +40,7 @@ def valid_kernel_id(kernel_id: Any) -> str:
     return kernel_id
 
 
-class UntrustedPath(RuntimeError):
+class UntrustedPath(CannotStart):
     pass
 
 

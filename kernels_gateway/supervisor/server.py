@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import CannotStart
 from . import metrics, operations, progress, replies, wire
 from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
 from .executions import ExecutionLimits, Executions
@@ -240,7 +241,7 @@ class SupervisorServer:
         path = str(self.socket_path)
         if os.path.exists(path):
             if await _answers(path):
-                raise RuntimeError(f"another supervisor is already listening on {path}")
+                raise CannotStart(f"another supervisor is already listening on {path}")
             os.unlink(path)  # left behind by a supervisor that did not stop cleanly
         old_umask = os.umask(0o177)  # born 0600: no window in which others could connect
         try:
