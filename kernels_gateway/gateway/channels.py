@@ -26,9 +26,9 @@ from ..supervisor.wire import kernel_url
 from .auth import origin_allowed
 from .feeds import IOPubFeed, message_body, signed
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
-from .keys import CONFIG, DEPARTING, FEEDS, HANDED_BACK, PROGRESS, SUPERVISOR, ZMQ_CONTEXT
+from .keys import CONFIG, DEPARTING, FEEDS, HANDED_BACK, PROGRESS, RELAYED, SUPERVISOR, ZMQ_CONTEXT
 from .limits import check_open_files, files_in_use, is_out_of_files, out_of_files
-from .metrics import RELAYED, TO_CLIENT, TO_KERNEL, RelayCounts
+from .metrics import TO_CLIENT, TO_KERNEL, RelayCounts
 from .outbox import Outbox
 
 log = logging.getLogger("kernels_gateway.channels")
