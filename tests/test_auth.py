@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import kernel_pids
 from .kernel_client import KernelSocket
-from .test_rest import assert_error
+from .helpers import assert_error
 
 WS_UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}

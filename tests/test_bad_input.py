@@ -19,8 +19,7 @@ from kernels_gateway.supervisor import wire
 
 from .conftest import eventually, kernel_pids
 from .kernel_client import KernelSocket
-from .test_limits import read_response, request_head
-from .test_process import children
+from .helpers import children, read_response, request_head
 
 
 async def the_kernel(http, gw) -> str:
