@@ -121,3 +121,46 @@ async def running_jupyter_server(gateway_url: str, gateway_token: str | None, ht
         server.terminate()
         server.wait(30)
         log.close()
+
+
+class FakeSupervisor:
+    """A supervisor socket that answers each operation from `answers` (op -> function of the args, which
+    may raise a GatewayError), for running the web app in-process without kernels. `asked` lists every
+    (op, args) it was sent."""
+
+    def __init__(self, socket_path: Path, answers: dict):
+        self.socket_path, self.answers = socket_path, {"subscribe": lambda args: None, **answers}
+        self.asked: list[tuple[str, dict]] = []
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task] = set()
+
+    async def __aenter__(self) -> "FakeSupervisor":
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.socket_path))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+        for handler in self._handlers:
+            handler.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from kernels_gateway.supervisor import wire
+        from kernels_gateway.supervisor.errors import GatewayError
+
+        self._handlers.add(asyncio.current_task())
+        try:
+            while (frame := await wire.read_frame(reader)) is not None:
+                op, args = frame["op"], frame.get("args") or {}
+                self.asked.append((op, args))
+                try:
+                    reply = {"id": frame["id"], "result": self.answers[op](args)}
+                except GatewayError as e:
+                    reply = {"id": frame["id"], "error": {"code": e.code, "message": e.message}}
+                await wire.write_frame(writer, reply)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            self._handlers.discard(asyncio.current_task())
