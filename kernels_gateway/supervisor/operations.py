@@ -20,43 +20,24 @@ def anything(name: str, value: Any) -> Any:
     return value
 
 
-def text(name: str, value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string")
-    return value
+def _kind(what: str, test: Callable[[Any], bool], optional: bool = True) -> Check:
+    """A check that lets through the values that pass `test` (and an absent one, if `optional`)."""
+    def check(name: str, value: Any) -> Any:
+        if not ((optional and value is None) or test(value)):
+            raise BadRequest(f"{name} must be {what}")
+        return value
+    return check
 
 
-def required_text(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string")
-    return value
-
-
-def strings(name: str, value: Any) -> dict[str, str] | None:
-    """An object of names and string values (a kernel's env): which names may be set is the
-    environment policy's (environment.py)."""
-    if value is not None and not (isinstance(value, dict)
-                                  and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
-        raise BadRequest(f"{name} must be an object mapping names to string values")
-    return value
-
-
-def an_object(name: str, value: Any) -> dict | None:
-    if value is not None and not isinstance(value, dict):
-        raise BadRequest(f"{name} must be an object")
-    return value
-
-
-def seconds(name: str, value: Any) -> float | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-        raise BadRequest(f"{name} must be a positive number of seconds")
-    return value
-
-
-def integer(name: str, value: Any) -> int:
-    if not isinstance(value, int):
-        raise BadRequest(f"{name} must be an integer")
-    return value
+text = _kind("a string", lambda value: isinstance(value, str))
+required_text = _kind("a string", lambda value: isinstance(value, str), optional=False)
+# A kernel's env: which names it may set is the environment policy's (environment.py).
+strings = _kind("an object mapping names to string values", lambda value: isinstance(value, dict) and all(
+    isinstance(k, str) and isinstance(v, str) for k, v in value.items()))
+an_object = _kind("an object", lambda value: isinstance(value, dict))
+seconds = _kind("a positive number of seconds",
+                lambda value: not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0)
+integer = _kind("an integer", lambda value: isinstance(value, int), optional=False)
 
 
 @dataclass(frozen=True)
