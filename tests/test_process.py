@@ -124,6 +124,9 @@ async def test_runtime_dir_too_deep_for_ipc_fails_clearly(start_gateway, tmp_pat
         await start_gateway("--runtime-dir", str(deep), wait_for="never logged")
 
 
+AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
 def thread_niceness(pid: int) -> set[int]:
     """The niceness of every thread of a process (field 19 of each thread's stat)."""
     return {int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
@@ -133,7 +136,8 @@ def thread_niceness(pid: int) -> set[int]:
 @pytest.mark.parametrize("nice", ["10", "0"])
 async def test_kernels_run_nicer_than_the_gateway_and_stay_so_after_a_restart(start_gateway, http, nice):
     """Kernels busy with their own work must leave the gateway its turns: every thread of a kernel,
-    those ipykernel starts later included, runs --kernel-nice nicer, after a restart too."""
+    those ipykernel starts later included, runs --kernel-nice nicer, after a restart too; and so does
+    the kernel's session where the scheduler weighs sessions (autogroup), else a niceness is void."""
     from .kernel_client import KernelSocket
 
     gw = await start_gateway("--initial-kernels", "0", "--kernel-nice", nice)
@@ -145,6 +149,8 @@ async def test_kernels_run_nicer_than_the_gateway_and_stay_so_after_a_restart(st
             pid, niceness, threads = map(int, stdout.split())
             assert niceness == int(nice) and threads > 1
             assert thread_niceness(pid) == {int(nice)}
+            if AUTOGROUP.exists() and AUTOGROUP.read_text().strip() == "1":
+                assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == nice
             assert os.nice(0) == 0 or nice == "0"  # the test runs at the gateway's priority
             async with http.post(f"{gw.url}/api/kernels/{kernel_id}/restart") as r:
                 assert r.status == 200

@@ -18,7 +18,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from jupyter_client.session import Session
 
 from ..supervisor import wire
-from ..supervisor.activity import BATCH_MESSAGES, DELIMITER, receive
+from ..supervisor.activity import DELIMITER, receive
 from ..supervisor.client import SupervisorClient
 from ..supervisor.errors import GatewayError, OutOfFiles
 from ..supervisor.progress import ProgressMap
@@ -29,6 +29,7 @@ from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_le
 from .keys import CONFIG, DEPARTING, FEEDS, HANDED_BACK, PROGRESS, RELAYED, SUPERVISOR, ZMQ_CONTEXT
 from .limits import check_open_files, files_in_use, is_out_of_files, out_of_files
 from .metrics import TO_CLIENT, TO_KERNEL, RelayCounts
+from ..turns import BULK, Pace
 from .outbox import Outbox
 
 log = logging.getLogger("kernels_gateway.channels")
@@ -319,15 +320,14 @@ class KernelConnection:
         return True
 
     async def _from_client(self) -> None:
-        received = 0
+        # A frame that is already buffered is returned without yielding: a client sending without pause
+        # must not keep the event loop to itself, so its frames are bulk work.
+        pace = Pace(BULK)
         try:
             while True:
+                await pace.next()
                 message = await self.ws.receive()
-                # A frame that is already buffered is returned without yielding: a client sending
-                # without pause must not keep the event loop to itself.
-                received += 1
-                if received % BATCH_MESSAGES == 0:
-                    await asyncio.sleep(0)
+                pace.begin()
                 if message.type is WSMsgType.PONG:
                     self._acknowledged(message.data)
                 elif message.type is WSMsgType.PING:  # answered here, since pongs are read here too

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections import deque
 from datetime import datetime, timezone
 from uuid import uuid4
 
-from ..supervisor.activity import BATCH_MESSAGES, BATCH_SECONDS, STATUS_TYPE, message_type
+from ..supervisor.activity import STATUS_TYPE, message_type
+from ..turns import BULK, Pace
 
 log = logging.getLogger("kernels_gateway.channels")
 
@@ -46,8 +46,7 @@ class Outbox:
         self._dropped_bytes = 0
         self._dropped_parent = b"{}"
         self._reasons: dict[str, None] = {}  # in the order they happened
-        self._unyielded = 0  # messages handed out since the event loop last ran something else
-        self._turn_ends = 0.0
+        self._pace = Pace(BULK)  # sending what is handed out is bulk work
 
     def put(self, channel: str, body: list[bytes]) -> None:
         size = sum(map(len, body))
@@ -80,18 +79,17 @@ class Outbox:
 
     async def get(self) -> tuple[str, list[bytes]]:
         """The next message to send; a drop notice once all that came before the drop is sent. A
-        backlog is handed out a batch per turn of the event loop, which a websocket that takes every
-        frame at once would otherwise keep to itself."""
-        self._unyielded += 1
-        if self._unyielded >= BATCH_MESSAGES or time.perf_counter() > self._turn_ends:
-            await asyncio.sleep(0)
-            self._unyielded, self._turn_ends = 0, time.perf_counter() + BATCH_SECONDS
+        backlog is handed out as bulk work (`turns.py`), since a websocket that takes every frame at
+        once would otherwise keep the event loop to itself."""
+        await self._pace.next()
         while not self._queue:
             if self._dropped_count:
-                return "iopub", self._notice()
+                break
             self._waiting.clear()
             await self._waiting.wait()
-            self._unyielded, self._turn_ends = 0, time.perf_counter() + BATCH_SECONDS
+        self._pace.begin()
+        if not self._queue:
+            return "iopub", self._notice()
         channel, body, size = self._queue.popleft()
         self._bytes -= size
         return channel, body

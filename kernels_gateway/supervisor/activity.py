@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from ..turns import BULK, IN_A_ROW
 from .replay import Replay, ReplayLimits
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
@@ -31,13 +32,8 @@ WELCOME = "iopub_welcome"
 # stream messages of a flood cost no parsing at all.
 WELCOME_TYPE = f'"{WELCOME}"'.encode()
 STATUS_TYPE = b'"status"'
-# How much one socket may hand over before the event loop runs everything else that is ready: a
-# kernel printing in a loop would otherwise keep the loop to itself (an await on a socket with
-# messages queued returns without yielding). The time bound matters most when kernels keep the cores
-# busy: then every turn of the loop waits for the operating system, and a REST call takes a few turns.
-BATCH_MESSAGES = 16
+# How much one socket may hand over in a row at most, beside the share of the turn (`turns.py`).
 BATCH_BYTES = 1 << 20
-BATCH_SECONDS = 0.0005
 # Requests that clients and the gateway send while a kernel runs a cell (control answers even then):
 # the busy/idle they cause says nothing about the kernel's work, as Jupyter Server also decided.
 UNTRACKED = frozenset({
@@ -64,24 +60,28 @@ def subscriber(context: zmq.asyncio.Context, connection_info: dict[str, Any], rc
 
 
 async def receive(sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], None]) -> None:
-    """Hand every message of `sock` to `handle`, forever, a batch per turn of the event loop: wait for
-    one message, take what else is queued up to the batch's bound without waiting, then yield."""
+    """Hand every message of `sock` to `handle`, forever, as bulk work: wait for a turn with room in the
+    process's share and for one message, take what else is queued up to the batch's bound without
+    waiting, count the time spent, and start over. (An await on a socket with messages queued returns
+    without yielding: a kernel printing in a loop would otherwise keep the event loop to itself.)"""
     queued = zmq.Socket.shadow(sock.underlying)  # plain non-blocking reads: no future per message
     while True:
+        await BULK.turn()
         parts = await sock.recv_multipart()
-        count, size, ends = 1, sum(map(len, parts)), time.perf_counter() + BATCH_SECONDS
+        began = time.perf_counter()
+        count, size = 1, sum(map(len, parts))
         handle(parts)
         try:
-            while count < BATCH_MESSAGES and size < BATCH_BYTES and time.perf_counter() < ends:
+            while count < IN_A_ROW and size < BATCH_BYTES and BULK.room(began):
                 parts = queued.recv_multipart(zmq.NOBLOCK)
                 count, size = count + 1, size + sum(map(len, parts))
                 handle(parts)
         except zmq.Again:
             pass
+        BULK.spend(began)
         # The socket's file descriptor is edge-triggered, and reads behind pyzmq's back may have taken
         # the edge that a send waiting on the same socket needed: asking pyzmq for the events wakes it.
         sock.get(zmq.EVENTS)
-        await asyncio.sleep(0)
 
 
 def message_type(header: bytes, expected: bytes) -> str | None:

@@ -75,12 +75,20 @@ def kill_group(pid: int) -> None:
 def lower_priority(pid: int, increment: int) -> None:
     """Make every thread of a process `increment` nicer, so that kernels busy with their own work (a
     print loop on every core) leave the gateway's processes their turns: REST calls, interrupts and
-    websockets then wait for no kernel. Threads started later inherit it from the main thread."""
+    websockets then wait for no kernel. Threads started later inherit it from the main thread.
+
+    Where the scheduler groups processes by session (Linux's autogroup, on by default in most
+    distributions), a niceness counts only within its session, and each kernel leads a session of its
+    own: every flooding kernel then weighs as much as the whole gateway. So a kernel's session is made
+    as much nicer, too."""
     with contextlib.suppress(OSError):  # gone already, or not ours to change
         for task in Path(f"/proc/{pid}/task").iterdir():
             tid = int(task.name)
             niceness = os.getpriority(os.PRIO_PROCESS, tid)
             os.setpriority(os.PRIO_PROCESS, tid, min(19, niceness + increment))
+    with contextlib.suppress(OSError):  # no autogroup in this kernel, or the session is gone
+        if os.getsid(pid) == pid:  # never the gateway's own session
+            Path(f"/proc/{pid}/autogroup").write_text(f"{min(19, increment)}\n")
 
 
 async def exited(pid: int) -> None:
