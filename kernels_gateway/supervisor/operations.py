@@ -40,6 +40,13 @@ seconds = _kind("a positive number of seconds",
 integer = _kind("an integer", lambda value: isinstance(value, int), optional=False)
 
 
+def required_field(name: str, value: Any) -> str:
+    """A field Jupyter Server's sessions API requires, refused in its words when missing."""
+    if value is None:
+        raise BadRequest(f"Missing field in JSON data: {name}")
+    return required_text(name, value)
+
+
 @dataclass(frozen=True)
 class Operation:
     name: str
@@ -59,7 +66,7 @@ def _op(op: str, /, *names: str, defaults: Mapping[str, Any] | None = None,
 
 
 KERNEL = ("kernel_id",)  # a kernel's id is checked where it is looked up (records.valid_kernel_id)
-SESSION = ("path", "name", "type", "kernel_id", "kernel_name")  # checked by supervisor/sessions.py
+SESSION = {"path": text, "name": text, "type": text, "kernel_id": text, "kernel_name": text}
 
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     _op("ping"),
@@ -80,10 +87,10 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     _op("metrics"),
     _op("relayed", "counts", "opened", defaults={"opened": 0}),
     _op("hand_over"),
-    _op("session_create", *SESSION),
+    _op("session_create", **{**SESSION, "path": required_field, "type": required_field}),
     _op("session_list"),
     _op("session_get", "session_id"),
-    _op("session_update", "session_id", *SESSION),
+    _op("session_update", "session_id", **SESSION),
     _op("session_delete", "session_id"),
     _op("execute_submit", *KERNEL, "stream", code=required_text, metadata=an_object, timeout=seconds),
     _op("execute_get", *KERNEL, "request_id"),

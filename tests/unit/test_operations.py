@@ -33,6 +33,10 @@ async def test_the_server_serves_every_declared_operation_and_no_other(tmp_path)
     ("execute_wait", {"kernel_id": "k", "request_id": "r", "after": "1"}, "after must be an integer"),
     ("execute_input", {"kernel_id": "k"}, "input must be a string"),
     ("connection_closed", {"kernel_id": "k", "last_msg_id": 7}, "last_msg_id must be a string"),
+    ("session_create", {"type": "notebook"}, "Missing field in JSON data: path"),
+    ("session_create", {"path": "p"}, "Missing field in JSON data: type"),
+    ("session_create", {"path": 1, "type": "t"}, "path must be a string"),
+    ("session_update", {"session_id": "s", "kernel_name": 3}, "kernel_name must be a string"),
     ("no-such-op", {}, "unknown operation 'no-such-op'"),
 ])
 async def test_bad_arguments_are_refused_before_they_are_sent(tmp_path, op, args, message):
