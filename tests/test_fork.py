@@ -19,8 +19,7 @@ import pytest
 
 from .conftest import eventually, kernel_pids
 from .kernel_client import KernelSocket
-from .test_process import children
-from .test_survival import json_of, wait_for_status
+from .helpers import children, json_of, wait_for_status
 
 PROBE = r"""
 import json, os, random, sys
