@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
-import errno
 import logging
 import os
 import signal
@@ -21,10 +20,11 @@ import uuid
 from collections.abc import Callable
 
 from .config import SUPERVISOR, WEB, Config
-from .gateway.server import address_in_use, serving_url, ssl_context
+from .gateway.server import cannot_listen
 from .supervisor.adoption import end_recorded_kernels
 from .supervisor.main import SECRET_ENV, SECRET_ENV_PREFIXES, prepare_runtime_dir
 from .systemd import Notifier
+from .tls import server_context
 
 log = logging.getLogger("kernels_gateway")
 
@@ -207,7 +207,7 @@ class Arbiter:
                 log.error("Cannot start: %s", e)
                 await self.stop()
                 return 1
-            log.info("Serving at %s", serving_url(self.config))
+            log.info("Serving at %s", self.config.url())
             notifier.ready()
             watchers = [asyncio.create_task(self._keep_alive(child)) for child in [self.supervisor, *self.workers]]
             stopped = asyncio.create_task(self.stopping.wait())
@@ -282,9 +282,7 @@ def _claim_port(config: Config) -> socket.socket:
             probe.bind((config.ip, config.port))
     except OSError as e:
         claim.close()
-        if e.errno == errno.EADDRINUSE:
-            raise address_in_use(config) from None
-        raise
+        raise cannot_listen(config, e) from None
     return claim
 
 
@@ -296,6 +294,6 @@ def _listen(config: Config) -> socket.socket:
 
 
 async def run(config: Config) -> int:
-    ssl_context(config)  # a certificate that cannot be loaded stops us before any kernel starts
+    server_context(config)  # a certificate that cannot be loaded stops us before any kernel starts
     prepare_runtime_dir(config)
     return await Arbiter(config).run()

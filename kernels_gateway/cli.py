@@ -10,6 +10,7 @@ import sys
 
 from . import __version__, logs
 from .config import WEB, Config, add_arguments, from_namespace
+from .errors import CannotStart
 from .supervisor.errors import GatewayError
 
 COMMANDS = {
@@ -62,6 +63,6 @@ def main(argv: list[str] | None = None) -> None:
         from .arbiter import run as serve
     try:
         sys.exit(asyncio.run(serve(config)))
-    except (GatewayError, RuntimeError, OSError) as e:  # OSError includes ssl.SSLError
+    except (CannotStart, GatewayError) as e:  # GatewayError: the first kernels cannot start
         logging.getLogger("kernels_gateway").error("%s", getattr(e, "message", e))
         sys.exit(1)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from jupyter_core.paths import jupyter_runtime_dir
 
 SUPERVISOR, WEB = "supervisor", "web"
@@ -18,23 +19,18 @@ def _opt(default, help: str, roles=BOTH, kg: str | None = None, env: str | None 
     return field(default=default, metadata={"help": help, "roles": roles, "kg": kg, "env": env, "flag": flag, **kw})
 
 
-def pool_sizes(entries: tuple[str, ...], default_name: str) -> tuple[tuple[str, int], ...]:
-    """`--pool` entries as (kernelspec, size) pairs: none is an empty pool, nothing is one default kernel."""
-    if not entries:
-        return ((default_name, 1),)
-    sizes = []
-    for entry in entries:
-        if entry.lower() == "none":
-            continue
-        name, _, size = entry.rpartition("=")
-        if not name or not size.isdigit():
-            raise SystemExit(f"kernels-gateway: --pool takes NAME=N, not {entry!r}")
-        sizes.append((name, int(size)))
-    return tuple(sizes)
-
-
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _pool(value: str) -> tuple[str, ...]:
+    """`--pool` entries, each NAME=N or none."""
+    entries = _csv(value)
+    for entry in entries:
+        name, _, size = entry.rpartition("=")
+        if entry.lower() != "none" and (not name or not size.isdigit()):
+            raise argparse.ArgumentTypeError(f"--pool takes NAME=N, not {entry!r}")
+    return entries
 
 
 def _niceness(value: str) -> int:
@@ -152,7 +148,7 @@ class Config:
     )
     pool: tuple[str, ...] = _opt(
         (), "warm kernels kept ready, as NAME=N (repeatable, or comma-separated); none for no pool "
-        "(default: one of the default kernelspec)", (SUPERVISOR,), parse=_csv, repeat=True,
+        "(default: one of the default kernelspec)", (SUPERVISOR,), parse=_pool, repeat=True,
     )
     fork: str = _opt(
         "none", "python: fork Python kernels that run ipykernel with the gateway's own interpreter from a "
@@ -199,6 +195,21 @@ class Config:
     fd: int = _opt(-1, "", (WEB,), flag=False)
     # Set by the one-command arbiter for its supervisor: the process whose death orphans it.
     arbiter_pid: int = _opt(0, "", (SUPERVISOR,), flag=False)
+
+    @property
+    def pool_sizes(self) -> tuple[tuple[str, int], ...]:
+        """`--pool` as (kernelspec, size) pairs: none is an empty pool, nothing is one default kernel."""
+        if not self.pool:
+            return ((self.force_kernel_name or self.default_kernel_name or NATIVE_KERNEL_NAME, 1),)
+        return tuple((name, int(size)) for name, _, size in (e.rpartition("=") for e in self.pool if e.lower() != "none"))
+
+    def url(self, host: str | None = None, port: int | None = None, path: str = "/api/kernels") -> str:
+        """The URL of `path` on this gateway, at --ip and --port unless told another address; https with
+        --certfile."""
+        host = self.ip if host is None else host
+        host = f"[{host}]" if ":" in host else host
+        scheme = "https" if self.certfile else "http"
+        return f"{scheme}://{host}:{self.port if port is None else port}{self.base}{path}"
 
     @property
     def socket_path(self) -> Path:
@@ -271,10 +282,34 @@ def from_namespace(ns: argparse.Namespace, environ=os.environ) -> Config:
         if choices and values[f.name] not in choices:
             raise SystemExit(f"kernels-gateway: {name} must be one of {', '.join(choices)}")
     config = Config(**values)
-    if config.allow_credentials and "*" in config.allow_origin:
-        raise SystemExit("kernels-gateway: --allow-credentials cannot go with --allow-origin '*': any page "
-                         "could then use the gateway with its visitors' credentials; list the origins instead")
+    if problem := _problem(config):
+        raise SystemExit(f"kernels-gateway: {problem}")
     return config
+
+
+# Every number an option takes is 0 or more, but these.
+POSITIVE = frozenset({"workers", "kernel_start_timeout", "cull_interval"})
+PORT = frozenset({"port"})
+
+
+def _problem(config: Config) -> str | None:
+    """What makes this configuration unusable, said before any process or kernel starts."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if not f.metadata["flag"] or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if f.name in POSITIVE and not value > 0:
+            return f"{_flag(f.name)} must be more than 0, not {value:g}"
+        if value < 0 or (f.name in PORT and value > 65535):
+            return f"{_flag(f.name)} must be {'a port from 0 to 65535' if f.name in PORT else '0 or more'}, not {value:g}"
+    if config.allow_credentials and "*" in config.allow_origin:
+        return ("--allow-credentials cannot go with --allow-origin '*': any page could then use the gateway "
+                "with its visitors' credentials; list the origins instead")
+    if not config.certfile and (config.keyfile or config.client_ca):
+        return "--keyfile and --client-ca need --certfile"
+    if config.preload and config.fork == "none":
+        return "--preload needs forking: add --fork python, or drop --preload"
+    return None
 
 
 def _flag(name: str) -> str:

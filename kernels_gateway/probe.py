@@ -8,12 +8,11 @@ through the environment.
 from __future__ import annotations
 
 import logging
-import ssl
 
 import aiohttp
 
 from .config import Config
-from .gateway.server import serving_url
+from .tls import probe_context
 
 log = logging.getLogger("kernels_gateway")
 
@@ -23,34 +22,13 @@ WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 def probe_url(config: Config) -> str:
-    return serving_url(config, WILDCARDS.get(config.ip, config.ip), path=PATH)
-
-
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    """Trust exactly the gateway's own certificate (the first of --certfile), whoever issued it, so a
-    self-signed one passes and no other does; its name is not checked, since the probe asks the local
-    address rather than the name the certificate was issued for. With --client-ca, the probe presents
-    the gateway's certificate as its own, which passes if that CA issued it for client use too."""
-    if not config.certfile:
-        return None
-    with open(config.certfile) as f:
-        pem = f.read()
-    end = "-----END CERTIFICATE-----"
-    if end not in pem:
-        raise ssl.SSLError(f"no certificate in {config.certfile}")
-    leaf = pem[pem.index("-----BEGIN CERTIFICATE-----"):pem.index(end) + len(end)]
-    context = ssl.create_default_context(cadata=leaf)
-    context.check_hostname = False
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the trust anchor
-    if config.client_ca:
-        context.load_cert_chain(config.certfile, config.keyfile or None)
-    return context
+    return config.url(WILDCARDS.get(config.ip, config.ip), path=PATH)
 
 
 async def probe(config: Config) -> int:
     url = probe_url(config)
     try:
-        connector = aiohttp.TCPConnector(ssl=tls_context(config) or True)
+        connector = aiohttp.TCPConnector(ssl=probe_context(config) or True)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
             async with http.get(url) as response:
                 if response.status == 200:

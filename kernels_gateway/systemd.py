@@ -14,6 +14,8 @@ from collections.abc import MutableMapping
 
 import sdnotify
 
+from .errors import CannotStart
+
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START: the first socket handed over is always fd 3
 LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
@@ -50,7 +52,7 @@ def listen_sockets(environ: MutableMapping[str, str] = os.environ) -> list[socke
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
         if sock.type != socket.SOCK_STREAM:
-            raise RuntimeError(f"the socket passed as fd {fd} is not a stream socket (ListenStream=)")
+            raise CannotStart(f"the socket passed as fd {fd} is not a stream socket (ListenStream=)")
         sockets.append(sock)
     return sockets
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -12,7 +11,7 @@ import pytest
 
 from .conftest import kernel_pids
 from .kernel_client import KernelSocket
-from .test_rest import assert_error
+from .helpers import assert_error
 
 WS_UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
@@ -100,47 +99,6 @@ async def test_the_token_opens_every_route(secured_gateway, secured_kernel, http
     await sock.close()
 
 
-async def test_the_browser_client_is_public(secured_gateway, http):
-    async with http.get(f"{secured_gateway.url}/client.js") as r:
-        assert r.status == 200
-        assert r.content_type == "text/javascript"
-        assert "export class Gateway" in await r.text()
-
-
-async def test_preflights_need_no_token(secured_gateway, http):
-    gw = secured_gateway
-    preflight = {"Origin": gw.page_origin, "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization, content-type"}
-    async with http.options(f"{gw.url}/api/kernels", headers=preflight) as r:
-        assert r.status == 200
-        assert r.headers["Access-Control-Allow-Origin"] == gw.page_origin
-        assert r.headers["Access-Control-Allow-Methods"] == "POST"
-        assert set(r.headers["Access-Control-Allow-Headers"].lower().split(",")) == {"authorization", "content-type"}
-        assert r.headers["Access-Control-Max-Age"] == "600"
-        assert "Access-Control-Allow-Credentials" not in r.headers
-    async with http.options(f"{gw.url}/api/kernels/x/restart",
-                            headers={**preflight, "Origin": f"http://127.0.0.1:{gw.other_port}"}) as r:
-        await assert_error(r, 403, "not allowed")
-        assert "Access-Control-Allow-Origin" not in r.headers
-    async with http.options(f"{gw.url}/api/kernels", headers={**preflight, "Access-Control-Request-Headers": "x-other"}) as r:
-        await assert_error(r, 403, "headers are not allowed")
-
-
-async def test_cors_headers_on_answers(secured_gateway, http):
-    gw = secured_gateway
-    async with http.get(f"{gw.url}/api/kernelspecs", headers={**gw.auth, "Origin": gw.page_origin}) as r:
-        assert r.status == 200
-        assert r.headers["Access-Control-Allow-Origin"] == gw.page_origin
-        assert r.headers["Access-Control-Expose-Headers"] == "Location"
-    # A page must be able to read why it was refused.
-    async with http.get(f"{gw.url}/api/kernels", headers={"Origin": gw.page_origin}) as r:
-        assert r.status == 401
-        assert r.headers["Access-Control-Allow-Origin"] == gw.page_origin
-    async with http.get(f"{gw.url}/api/kernelspecs",
-                        headers={**gw.auth, "Origin": f"http://127.0.0.1:{gw.other_port}"}) as r:
-        assert "Access-Control-Allow-Origin" not in r.headers
-
-
 async def test_websocket_origin_check(secured_gateway, secured_kernel, http):
     gw = secured_gateway
     params = {"token": gw.token}
@@ -218,12 +176,6 @@ async def test_env_values_are_bounded(gateway, http):
         assert r.status == 200
 
 
-async def test_unknown_kernel_ids_still_answer_401_first(secured_gateway, http):
-    """Without a token nobody learns which kernels exist."""
-    async with http.get(f"{secured_gateway.url}/api/kernels/{uuid.uuid4()}") as r:
-        await assert_error(r, 401)
-
-
 async def test_a_token_in_the_referer_is_redacted_in_the_log(secured_gateway, http):
     """A page opened as `page?token=T` sends that URL as the Referer of every request it makes."""
     gw = secured_gateway
@@ -259,13 +211,6 @@ async def test_a_rebound_host_is_refused_on_every_route(gateway, kernel, http, h
         await KernelSocket.open(http, gateway, kernel["id"], headers={"Host": host})
     assert refused.value.status == 403
     async with http.get(f"{gateway.url}/api/kernels/{kernel['id']}") as r:
-        assert r.status == 200
-
-
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost:1", "LOCALHOST", "app.localhost", "[::1]:8000",
-                                  "127.1.2.3"])
-async def test_local_hosts_are_allowed(gateway, http, host):
-    async with http.get(f"{gateway.url}/api", headers={"Host": host}) as r:
         assert r.status == 200
 
 

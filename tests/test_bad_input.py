@@ -19,8 +19,7 @@ from kernels_gateway.supervisor import wire
 
 from .conftest import eventually, kernel_pids
 from .kernel_client import KernelSocket
-from .test_limits import read_response, request_head
-from .test_process import children
+from .helpers import children, read_response, request_head
 
 
 async def the_kernel(http, gw) -> str:
@@ -263,3 +262,11 @@ async def test_any_origin_with_credentials_is_refused_at_start(start_gateway, ar
     assert kernel_pids(gw.runtime_dir) == []
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", gw.port), timeout=5).close()
+
+
+@pytest.mark.parametrize("args, code", [(("--pool", "python3"), 2), (("--pool", "none,python3=one"), 2)])
+async def test_a_bad_pool_is_refused_before_anything_starts(start_gateway, args, code):
+    gw = await start_gateway(*args, wait_for="--pool takes NAME=N")
+    assert gw.process.wait(timeout=30) == code  # argparse's usage error
+    assert "Supervisor" not in gw.log()  # no child was started
+    assert kernel_pids(gw.runtime_dir) == []

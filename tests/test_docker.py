@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import HERE, free_port, kernel_pids
-from .test_process import children
+from .helpers import children
 
 REPO = HERE.parent
 

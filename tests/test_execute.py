@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from .conftest import eventually
-from .test_process import children
+from .helpers import children
 
 NDJSON = {"Accept": "application/x-ndjson"}
 # A 1x1 PNG: display_data must carry an image's MIME bundle.

@@ -13,16 +13,11 @@ import pytest
 
 from .conftest import eventually, kernel_pids
 from .kernel_client import KernelSocket
-from .test_process import children
-from .test_survival import json_of, start_kernel
+from .helpers import child_pids, json_of, start_kernel
 
 # Far longer than any deadline of a worker's request to the supervisor: a request that is still
 # unanswered after this was waiting for the supervisor to wake up.
 PATIENCE = aiohttp.ClientTimeout(total=15)
-
-
-def child_pids(gw, role: str) -> list[int]:
-    return [pid for pid, cmd in children(gw.process.pid).items() if f"kernels_gateway {role}" in cmd]
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import sys
 
 from .conftest import write_kernelspec
 from .kernel_client import KernelSocket
-from .test_rest import assert_error
+from .helpers import assert_error
 
 PAGE = "http://dashboards.example:3000"
 

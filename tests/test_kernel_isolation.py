@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Gateway, kernel_pids, write_kernelspec
-from .test_process import children
+from .helpers import children
 
 SECRETS = {"KG_TEST_SECRET": "kg-secret-value", "KERNELS_GATEWAY_TEST_SECRET": "kgw-secret-value"}
 

@@ -19,8 +19,7 @@ from kernels_gateway.supervisor.process import start_time
 
 from .conftest import eventually, kernel_pids, write_kernelspec
 from .kernel_client import KernelSocket
-from .test_process import children
-from .test_survival import json_of, kernel_ids_by_pid, start_kernel, wait_for_status
+from .helpers import children, json_of, kernel_ids_by_pid, start_kernel, wait_for_status
 
 FLOOD = "while True: print('x' * 100, flush=True)"  # a message per line
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs, chown)")

@@ -14,6 +14,7 @@ import pytest
 
 from .conftest import Gateway
 from .kernel_client import KernelSocket
+from .helpers import read_response, request_head
 
 BODY_LIMIT = 4096
 MESSAGE_LIMIT = 64 * 1024
@@ -32,20 +33,6 @@ async def small():
 async def small_kernel(small, http) -> str:
     async with http.get(f"{small.url}/api/kernels") as r:
         return (await r.json())[0]["id"]
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
-    body = await reader.readexactly(int(headers.get("content-length", 0)))
-    return int(status_line.split()[1]), headers, body
-
-
-def request_head(gw: Gateway, method: str, path: str, **headers: str) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{gw.port}"]
-    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def assert_too_large(status: int, headers: dict, body: bytes) -> None:

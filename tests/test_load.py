@@ -13,7 +13,7 @@ from kernels_gateway.supervisor.client import SupervisorClient
 
 from .conftest import eventually
 from .kernel_client import KernelSocket
-from .test_survival import json_of, start_kernel
+from .helpers import json_of, start_kernel
 
 # Many small messages: each flush waits for the kernel's iopub thread to send what was written.
 FLOOD = "while True: print('x' * 100, flush=True)"

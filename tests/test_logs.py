@@ -13,8 +13,7 @@ import aiohttp
 
 from .conftest import eventually, free_port, kernel_pids
 from .kernel_client import KernelSocket
-from .test_process import children
-from .test_survival import json_of, start_kernel
+from .helpers import children, json_of, start_kernel
 
 
 async def test_json_logs_one_object_per_line(start_gateway, http):

@@ -9,8 +9,7 @@ import aiohttp
 
 from .conftest import Gateway, eventually, kernel_pids
 from .kernel_client import KernelSocket
-from .test_hangs import child_pids
-from .test_survival import json_of, start_kernel
+from .helpers import child_pids, json_of, start_kernel
 
 
 async def test_a_second_gateway_on_the_same_port_is_refused(start_gateway, http):

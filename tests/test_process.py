@@ -11,20 +11,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import HERE, kernel_pids, write_kernelspec
-
-
-def children(pid: int) -> dict[int, str]:
-    """Direct children of a process, with their command lines."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid == pid:
-                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except (OSError, IndexError):
-                continue
-    return found
+from .helpers import children, start_kernel
 
 
 async def get_json(http, url: str):
@@ -152,7 +139,6 @@ async def test_kernels_run_nicer_than_the_gateway_and_stay_so_after_a_restart(st
     those ipykernel starts later included, runs --kernel-nice nicer, after a restart too; and so does
     the kernel's session where the scheduler weighs sessions (autogroup), else a niceness is void."""
     from .kernel_client import KernelSocket
-    from .test_survival import start_kernel
 
     gw = await start_gateway("--initial-kernels", "0", "--kernel-nice", nice)
     kernel_id = await start_kernel(http, gw)

@@ -19,8 +19,7 @@ from kernels_gateway.gateway.channels import ACK_EVERY
 
 from .conftest import eventually
 from .kernel_client import KernelSocket
-from .test_process import children
-from .test_survival import start_kernel
+from .helpers import children, start_kernel
 
 # A line's message takes about 300 bytes of socket buffers; these hold a few MiB at most.
 MAX_IN_FLIGHT = 10_000

@@ -9,6 +9,7 @@ from datetime import datetime
 import pytest
 
 from .conftest import eventually
+from .helpers import assert_error
 
 MODEL_KEYS = {"id", "name", "last_activity", "execution_state", "connections"}
 
@@ -18,16 +19,6 @@ def assert_model(model: dict) -> None:
     # Jupyter Server's GatewayClient parses exactly this format.
     datetime.strptime(model["last_activity"], "%Y-%m-%dT%H:%M:%S.%fZ")
     uuid.UUID(model["id"])
-
-
-async def assert_error(response, status: int, message: str | None = None) -> dict:
-    assert response.status == status, await response.text()
-    assert response.content_type == "application/json"
-    body = await response.json()
-    assert set(body) == {"message", "reason"}
-    if message:
-        assert message in body["message"]
-    return body
 
 
 async def test_api_version(gateway, http):

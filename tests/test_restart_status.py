@@ -19,7 +19,7 @@ from jupyter_server.services.kernels.kernelmanager import MappingKernelManager
 
 from .conftest import eventually, kernel_pids
 from .kernel_client import KernelSocket
-from .test_survival import start_kernel
+from .helpers import start_kernel
 
 # What Jupyter Server tells JupyterLab to ignore (its page config's untracked_message_types).
 UNTRACKED = frozenset(MappingKernelManager.class_traits()["untracked_message_types"].default())

@@ -11,26 +11,7 @@ import aiohttp
 
 from .conftest import eventually, kernel_pids
 from .kernel_client import KernelSocket
-from .test_process import children
-
-
-async def json_of(http, method: str, url: str, **kw):
-    async with http.request(method, url, **kw) as r:
-        return r.status, (await r.json() if r.content_type == "application/json" else None)
-
-
-async def start_kernel(http, gw) -> str:
-    status, model = await json_of(http, "POST", f"{gw.url}/api/kernels", json={})
-    assert status == 201, model
-    return model["id"]
-
-
-async def wait_for_status(sock: KernelSocket, state: str, timeout: float = 30) -> dict:
-    async with asyncio.timeout(timeout):
-        while True:
-            msg = await sock.receive()
-            if msg["header"]["msg_type"] == "status" and msg["content"]["execution_state"] == state:
-                return msg
+from .helpers import children, json_of, kernel_ids_by_pid, start_kernel, wait_for_status
 
 
 async def reconnect(http, gw, kernel_id: str, **kw) -> KernelSocket:
@@ -282,15 +263,6 @@ async def test_stop_closes_websockets_with_1001(start_gateway, http):
     assert await stopping == 0
     assert kernel_pids(gw.runtime_dir) == []
     assert not [pid for pid in children(gw.process.pid)]
-
-
-def kernel_ids_by_pid(runtime_dir: Path) -> dict[int, str]:
-    """Each kernel process with the id in its connection file's name."""
-    found = {}
-    for pid in kernel_pids(runtime_dir):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        found[pid] = cmdline.split(f"{runtime_dir}/kernel-")[1][:36]
-    return found
 
 
 async def _spares(gw, count: int):

@@ -26,9 +26,9 @@ from ..supervisor.wire import kernel_url
 from .auth import origin_allowed
 from .feeds import IOPubFeed, message_body, signed
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
-from .keys import CONFIG, DEPARTING, FEEDS, HANDED_BACK, PROGRESS, SUPERVISOR, ZMQ_CONTEXT
+from .keys import CONFIG, DEPARTING, FEEDS, HANDED_BACK, PROGRESS, RELAYED, SUPERVISOR, ZMQ_CONTEXT
 from .limits import check_open_files, files_in_use, is_out_of_files, out_of_files
-from .metrics import RELAYED, TO_CLIENT, TO_KERNEL, RelayCounts
+from .metrics import TO_CLIENT, TO_KERNEL, RelayCounts
 from ..turns import BULK, Pace
 from .outbox import Outbox
 
@@ -96,6 +96,7 @@ class KernelConnection:
         # Client frames that arrive while the kernel restarts wait here for the new process.
         self._held: list[str | bytes] | None = None
         self._releasing: asyncio.Task | None = None  # sends the held frames once the kernel is back
+        self._retired: set[asyncio.Task] = set()  # readers of closed sockets, cancelled: close() awaits them
         self._unanswered: set[str] = set()  # msg_ids of shell requests sent, their replies not yet here
         self._answered = asyncio.Event()
         self._dropped = 0
@@ -324,9 +325,9 @@ class KernelConnection:
         pace = Pace(BULK)
         try:
             while True:
-                await pace.next()
+                pace.done()
                 message = await self.ws.receive()
-                pace.begin()
+                await pace.turn()
                 if message.type is WSMsgType.PONG:
                     self._acknowledged(message.data)
                 elif message.type is WSMsgType.PING:  # answered here, since pongs are read here too
@@ -421,8 +422,12 @@ class KernelConnection:
         return json.loads(self.last_iopub_header).get("msg_id") if self.last_iopub_header else None
 
     def _close_sockets(self) -> None:
+        """Close the kernel's sockets (a restart may do so from a callback: their cancelled readers
+        end on their own, and close() awaits any that have not)."""
         for reader in self._readers.values():
             reader.cancel()
+            self._retired.add(reader)
+            reader.add_done_callback(self._retired.discard)
         for sock in self._sockets.values():
             sock.close()
         self._readers, self._sockets = {}, {}
@@ -438,12 +443,13 @@ class KernelConnection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         ended = asyncio.ensure_future(self._grace_over.wait())
+        waits = [ended]
         try:
             while self._requests > 0 and not ended.done():
                 got = asyncio.ensure_future(self.outbox.get())
-                await asyncio.wait([got, ended], timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED)
+                waits = [ended, got]
+                await asyncio.wait(waits, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED)
                 if not got.done():
-                    got.cancel()
                     break
                 channel, body = got.result()
                 if channel == "iopub":
@@ -451,7 +457,9 @@ class KernelConnection:
                 self._requests -= channel in REQUEST_CHANNELS
                 await self._hand_over(channel, body)
         finally:
-            ended.cancel()
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def _hand_over(self, channel: str, body: list[bytes]) -> None:
         try:
@@ -467,7 +475,7 @@ class KernelConnection:
         if self._releasing:
             self._releasing.cancel()
         self._close_sockets()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._retired, return_exceptions=True)
 
 
 def _json_object(part: bytes) -> dict[str, Any]:

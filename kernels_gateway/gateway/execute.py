@@ -132,7 +132,5 @@ async def pending(request: web.Request) -> web.Response:
 async def answer_input(request: web.Request) -> web.Response:
     """POST .../input: the answer to the pending input() of the kernel's running execution; 201."""
     body = await json_body(request)
-    if not isinstance(body.get("input"), str):
-        raise BadRequest("input must be a string")
-    await request.app[SUPERVISOR].execution("input", kernel_id=request.match_info["kernel_id"], value=body["input"])
+    await request.app[SUPERVISOR].execution("input", kernel_id=request.match_info["kernel_id"], value=body.get("input"))
     return web.Response(status=201)

@@ -147,12 +147,7 @@ async def list_kernels(request: web.Request) -> web.Response:
 
 async def start_kernel(request: web.Request) -> web.Response:
     body = await json_body(request)
-    name, env = body.get("name"), body.get("env")
-    if name is not None and not isinstance(name, str):
-        raise BadRequest("name must be a string")
-    if env is not None and not isinstance(env, dict):
-        raise BadRequest("env must be an object of strings")
-    model = await request.app[SUPERVISOR].start(name or None, env)
+    model = await request.app[SUPERVISOR].start(body.get("name"), body.get("env"))  # checked by the client
     location = f"{request.app[CONFIG].base}/api/kernels/{model['id']}"
     return web.json_response(model, status=201, headers={"Location": location})
 

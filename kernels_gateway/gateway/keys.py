@@ -1,8 +1,8 @@
-"""Typed keys of the application's shared state."""
+"""Typed keys of the application's shared state: all of them, here."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import zmq.asyncio
 from aiohttp import web
@@ -10,6 +10,9 @@ from aiohttp import web
 from ..config import Config
 from ..supervisor.client import SupervisorClient
 from ..supervisor.progress import ProgressMap
+
+if TYPE_CHECKING:
+    from .metrics import RelayCounts
 
 CONFIG = web.AppKey("config", Config)
 API_SPEC = web.AppKey("api_spec", str)
@@ -22,3 +25,5 @@ FEEDS = web.AppKey("feeds", dict)
 PROGRESS = web.AppKey("progress", Optional[ProgressMap])
 DEPARTING = web.AppKey("departing", set)
 HANDED_BACK = web.AppKey("handed_back", set)
+# what this worker relayed since its last report to the supervisor (metrics.py)
+RELAYED: web.AppKey[RelayCounts] = web.AppKey("relayed")

@@ -18,7 +18,7 @@ from aiohttp import web
 from ..supervisor.client import SupervisorClient
 from ..supervisor.errors import GatewayError
 from .frames import CHANNELS
-from .keys import SUPERVISOR
+from .keys import RELAYED, SUPERVISOR
 
 log = logging.getLogger("kernels_gateway.web")
 
@@ -57,9 +57,6 @@ class RelayCounts:
             if counts or opened != self._reported_opened:
                 await supervisor.relayed(counts, opened - self._reported_opened)
             self._reported, self._reported_opened = totals, opened
-
-
-RELAYED = web.AppKey("relayed", RelayCounts)
 
 
 async def relay_counts(app: web.Application) -> AsyncIterator[None]:

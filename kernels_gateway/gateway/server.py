@@ -7,12 +7,13 @@ import errno
 import logging
 import signal
 import socket
-import ssl
 
 from aiohttp import web
 
 from ..config import Config
+from ..errors import CannotStart
 from ..systemd import Notifier, listen_sockets
+from ..tls import server_context
 from .app import make_app
 from .auth import AccessLogger
 from .limits import accept_errors
@@ -25,41 +26,14 @@ SHUTDOWN_TIMEOUT = 5.0
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{Referer}i" "%{User-Agent}i"'
 
 
-def serving_url(config: Config, host: str | None = None, port: int | None = None, path: str = "/api/kernels") -> str:
-    """The URL of `path` on this gateway, at --ip and --port unless told another address."""
-    host = config.ip if host is None else host
-    host = f"[{host}]" if ":" in host else host
-    scheme = "https" if config.certfile else "http"
-    return f"{scheme}://{host}:{config.port if port is None else port}{config.base}{path}"
-
-
-def address_in_use(config: Config) -> RuntimeError:
-    return RuntimeError(f"Cannot listen on {config.ip}:{config.port}: address already in use")
-
-
-def ssl_context(config: Config) -> ssl.SSLContext | None:
-    """The TLS settings of --certfile, --keyfile and --client-ca; None to serve plain HTTP."""
-    if not config.certfile:
-        if config.keyfile or config.client_ca:
-            raise RuntimeError("--keyfile and --client-ca need --certfile")
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 or later
-    try:
-        context.load_cert_chain(config.certfile, config.keyfile or None)
-    except OSError as e:  # ssl's own errors do not name the file
-        key = config.keyfile or "in it"
-        raise RuntimeError(f"Cannot load TLS certificate {config.certfile} (key {key}): {e}") from None
-    if config.client_ca:
-        try:
-            context.load_verify_locations(config.client_ca)
-        except OSError as e:
-            raise RuntimeError(f"Cannot load client CA certificates {config.client_ca}: {e}") from None
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+def cannot_listen(config: Config, e: OSError) -> CannotStart:
+    """Why --ip and --port cannot be listened on (in use, a privileged port, an address not ours)."""
+    why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e)).lower()
+    return CannotStart(f"Cannot listen on {config.ip}:{config.port}: {why}")
 
 
 async def serve(config: Config) -> None:
-    tls = ssl_context(config)
+    tls = server_context(config)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(accept_errors)
     inherited = _inherited_sockets(config)
@@ -79,9 +53,7 @@ async def serve(config: Config) -> None:
                 try:
                     await site.start()
                 except OSError as e:
-                    if e.errno == errno.EADDRINUSE:
-                        raise address_in_use(config) from None
-                    raise
+                    raise cannot_listen(config, e) from None
             if config.fd < 0:  # the arbiter logs the address of the socket it shares
                 for address in inherited or [None]:
                     log.info("Serving at %s", _site_url(config, address))
@@ -110,8 +82,8 @@ def _address(sock: socket.socket) -> str:
 
 def _site_url(config: Config, sock: socket.socket | None) -> str:
     if sock is None:
-        return serving_url(config)
+        return config.url()
     if sock.family == socket.AF_UNIX:
         return f"unix:{_address(sock)}{config.base}/api/kernels"
     host, port = sock.getsockname()[:2]
-    return serving_url(config, host, port)
+    return config.url(host, port)

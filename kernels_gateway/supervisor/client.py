@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import wire
+from . import operations, wire
 from .errors import GatewayError, SupervisorUnavailable, from_wire
 
 log = logging.getLogger("kernels_gateway.client")
@@ -138,29 +138,29 @@ class SupervisorClient:
     # -- the connection ------------------------------------------------------------------------
 
     async def request(self, op: str, **args: Any) -> Any:
+        """The supervisor's answer to one operation, its arguments checked before they are sent."""
+        args = operations.check(op, args)
         timeout = self.deadlines.get(op, QUICK)
         try:
             async with asyncio.timeout(timeout):
-                writer = await self._connect()
-                request_id, reply = self._send(writer, op, args)
-                try:
-                    await writer.drain()
-                    body = await reply
-                finally:
-                    self._pending.pop(request_id, None)
+                body = await self._exchange(await self._connect(), op, args)
         except TimeoutError:
             raise self._unavailable(f"no answer to {op} within {timeout:g} s") from None
         except ConnectionError:
             raise self._unavailable("lost the connection") from None
         return _result(body)
 
-    def _send(self, writer: asyncio.StreamWriter, op: str, args: dict[str, Any]) -> tuple[int, asyncio.Future]:
-        """Write one request; its reply arrives on the future (the caller pops it from _pending)."""
+    async def _exchange(self, writer: asyncio.StreamWriter, op: str, args: dict[str, Any]) -> dict:
+        """Write one request and wait for its reply's body (the reader hands it over)."""
         request_id = next(self._ids)
         reply = asyncio.get_running_loop().create_future()
         self._pending[request_id] = reply
-        writer.write(wire.encode({"id": request_id, "op": op, "args": args}))
-        return request_id, reply
+        try:
+            writer.write(wire.encode({"id": request_id, "op": op, "args": args}))
+            await writer.drain()
+            return await reply
+        finally:
+            self._pending.pop(request_id, None)
 
     async def _connect(self) -> asyncio.StreamWriter:
         async with self._connect_lock:
@@ -190,21 +190,17 @@ class SupervisorClient:
     async def _announce(self, writer: asyncio.StreamWriter) -> None:
         """Count this worker's open websockets in again, on a supervisor that may be a new one, before
         any other request goes out on this connection."""
-        sent = [
-            (self._send(writer, "connection_opened", announce), announce["kernel_id"])
-            for announce in self._opened.values()
-        ]
-        try:
-            await writer.drain()
-            replies = await asyncio.gather(*(reply for (_, reply), _ in sent), return_exceptions=True)
-        finally:
-            for (request_id, _), _ in sent:
-                self._pending.pop(request_id, None)
-        for reply, (_, kernel_id) in zip(replies, sent):
+        announces = list(self._opened.values())
+        replies = await asyncio.gather(
+            *(self._exchange(writer, "connection_opened", operations.check("connection_opened", announce))
+              for announce in announces),
+            return_exceptions=True,
+        )
+        for reply, announce in zip(replies, announces):
             try:
                 _result(reply)
             except GatewayError as e:
-                log.warning("A websocket on kernel %s could not be counted in again: %s", kernel_id, e.message)
+                log.warning("A websocket on kernel %s could not be counted in again: %s", announce["kernel_id"], e.message)
 
     async def _read_replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -31,8 +31,9 @@ import zmq
 import zmq.asyncio
 
 from . import metrics
-from .errors import BadRequest, ExecutionNotFound, InputNotPending, KernelBusy, KernelNotFound
-from .kernels import Kernel, Kernels
+from .errors import ExecutionNotFound, InputNotPending, KernelBusy, KernelNotFound
+from .kernels import Kernels
+from .launcher import Kernel
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -145,14 +146,7 @@ class Executions:
 
     async def submit(self, args: dict, client: Any) -> dict[str, Any]:
         kernel = self.kernels.get(args.get("kernel_id"))
-        code, metadata, timeout = args.get("code"), args.get("metadata"), args.get("timeout")
-        if not isinstance(code, str):
-            raise BadRequest("code must be a string")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise BadRequest("metadata must be an object")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or not timeout > 0):
-            raise BadRequest("timeout must be a positive number of seconds")
+        code, metadata, timeout = args["code"], args["metadata"], args["timeout"]  # checked: operations.py
         mine = self._for(kernel)
         if len(mine.queue) >= MAX_QUEUED:
             raise KernelBusy(f"{MAX_QUEUED} executions wait already on kernel {kernel.id}")
@@ -174,9 +168,7 @@ class Executions:
         """The lines a streaming caller has not read (after `after`), waiting up to MAX_WAIT seconds for
         one; with the result once the execution is over and every line is read."""
         execution = self._find(args)
-        after = args.get("after", 0)
-        if not isinstance(after, int):
-            raise BadRequest("after must be an integer")
+        after = args["after"]
         pending = [event for event in execution.events if event[0] > after]
         if not pending and not execution.done.is_set():
             execution.changed.clear()
@@ -194,9 +186,7 @@ class Executions:
 
     async def answer_input(self, args: dict, client: Any) -> None:
         kernel = self.kernels.get(args.get("kernel_id"))
-        value = args.get("value")
-        if not isinstance(value, str):
-            raise BadRequest("input must be a string")
+        value = args["value"]
         mine = self._by_kernel.get(kernel.id)
         execution = mine.current if mine else None
         if execution is None or execution.input_request is None:

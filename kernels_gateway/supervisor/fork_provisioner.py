@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import KernelProvisionerFactory, LocalProvisioner
 
+from ..errors import CannotStart
 from .process import AdoptedProcess
 from .templates import Template, TemplateError, Templates, open_stdio
 
@@ -176,22 +177,20 @@ async def start_templates(kernels: Kernels, fork: str, preload: tuple[str, ...],
     """With forking on: a template per Python kernelspec, and this provisioner as the default one (kernelspecs
     that name a provisioner keep theirs). A module that cannot be preloaded stops the start-up."""
     if fork == "none":
-        if preload:
-            raise RuntimeError("--preload needs forking: add --fork python, or drop --preload")
         return None
     specs = {}
     for name, found in kernels.specs.get_all_specs().items():  # those whose provisioner is missing are left out
         spec = found["spec"]
         if forks_python(spec.get("argv", [])) and not spec.get("metadata", {}).get("kernel_provisioner"):
             specs[name] = {**kernels.env.kernel({}), **spec.get("env", {})}
-    templates = Templates(preload, kernels.settings.start_timeout)
+    templates = Templates(preload, kernels.config.kernel_start_timeout)
     # Those of the kernels about to start: the first ones, the default kernelspec's and the warm pool's.
-    now = {(kernels.settings.force_kernel_name or first or kernels.default_name).lower(), kernels.default_name.lower(),
-           *(name for name, _ in kernels.settings.pool)}
+    now = {(kernels.config.force_kernel_name or first or kernels.default_name).lower(), kernels.default_name.lower(),
+           *(name for name, _ in kernels.config.pool_sizes)}
     try:
         await templates.start(specs, now)
     except TemplateError as e:
-        raise RuntimeError(str(e)) from None
+        raise CannotStart(str(e)) from None
     KernelProvisionerFactory.instance().default_provisioner_name = "fork-provisioner"
     use(templates)
     return templates

@@ -13,21 +13,24 @@ import logging
 import os
 import signal
 
-from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
+from jupyter_client.kernelspec import KernelSpecManager
 
-from ..config import Config, pool_sizes
+from ..config import Config
+from ..errors import CannotStart
 from ..systemd import Notifier
 from . import remote
-from .replay import ReplayLimits
+from .adoption import adopt_all
 from .client import SupervisorClient
+from .culler import cull
 from .errors import GatewayError
 from .executions import ExecutionLimits
 from .fork_provisioner import start_templates
-from .kernels import MAX_SOCKET_PATH, KernelSettings, Kernels
+from .kernels import Kernels
+from .launcher import MAX_SOCKET_PATH
 from .lock import RuntimeLock
 from .process import exited
 from .records import own_directory
-from .seed import Seed, load_seed
+from .seed import load_seed
 from .server import SupervisorServer
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -41,37 +44,21 @@ SECRET_ENV_PREFIXES = ("KERNELS_GATEWAY_", "KG_")
 HAND_OVER_TIMEOUT = 30.0
 
 
-def kernel_settings(config: Config, seed: Seed | None = None) -> KernelSettings:
-    return KernelSettings(
-        runtime_dir=config.runtime_dir,
-        default_kernel_name=config.default_kernel_name,
-        force_kernel_name=config.force_kernel_name,
-        transport=config.transport,
-        max_kernels=config.max_kernels,
-        env_allow=frozenset(config.env_allow),
-        env_inherit=frozenset(config.env_inherit),
-        secret_env=SECRET_ENV | {name for name in os.environ if name.startswith(SECRET_ENV_PREFIXES)},
-        start_timeout=config.kernel_start_timeout,
-        shutdown_wait=config.shutdown_wait,
-        restart_limit=config.restart_limit,
-        replay=ReplayLimits(max_bytes=config.replay_bytes, max_age=config.replay_age),
-        cull_idle_timeout=config.cull_idle_timeout,
-        cull_interval=config.cull_interval,
-        cull_connected=config.cull_connected,
-        cull_busy=config.cull_busy,
-        seed=seed,
-        kernel_nice=config.kernel_nice,
-        pool=pool_sizes(config.pool, config.force_kernel_name or config.default_kernel_name or NATIVE_KERNEL_NAME),
-    )
+def secret_env() -> frozenset[str]:
+    """The names of the supervisor's environment that no kernel inherits."""
+    return SECRET_ENV | {name for name in os.environ if name.startswith(SECRET_ENV_PREFIXES)}
 
 
 def prepare_runtime_dir(config: Config) -> None:
     if len(bytes(config.socket_path)) > MAX_SOCKET_PATH:
-        raise RuntimeError(
+        raise CannotStart(
             f"Runtime directory {config.runtime_dir} is too deep for Unix sockets "
             f"(paths are limited to {MAX_SOCKET_PATH} bytes); choose a shorter --runtime-dir"
         )
-    own_directory(config.runtime_dir)
+    try:
+        own_directory(config.runtime_dir)
+    except OSError as e:
+        raise CannotStart(f"Runtime directory {config.runtime_dir} cannot be used: {e.strerror or e}") from None
 
 
 async def serve(config: Config) -> None:
@@ -88,7 +75,7 @@ async def serve(config: Config) -> None:
 async def _take_over(config: Config, lock: RuntimeLock) -> None:
     """The runtime directory is locked: by the supervisor of a running gateway, which refuses, or by one
     whose gateway died, which hands its kernels over and lets go."""
-    in_use = RuntimeError(
+    in_use = CannotStart(
         f"Runtime directory {config.runtime_dir} is in use by another kernels-gateway (pid {lock.holder()}); "
         "to run two gateways, give each its own --runtime-dir"
     )
@@ -108,7 +95,7 @@ async def _serve(config: Config) -> None:
     seed = await load_seed(config.seed_uri, KernelSpecManager()) if config.seed_uri else None
     if seed:
         log.info("Seeding %s kernels with %d cell(s) of %s", seed.language, len(seed.cells), seed.uri)
-    kernels = Kernels(kernel_settings(config, seed))
+    kernels = Kernels(config, seed, secret_env())
     templates = await start_templates(kernels, config.fork, config.preload, config.kernel_name)
     limits = ExecutionLimits(max_bytes=config.execution_bytes, max_age=config.execution_age)
     server = SupervisorServer(kernels, config.socket_path, limits)
@@ -123,12 +110,12 @@ async def _serve(config: Config) -> None:
             await server.start_serving()
             log.info("Supervisor listening on %s", config.socket_path)
             # Kernels a previous supervisor left running come first; launch kernels only on a fresh start.
-            if not await kernels.adopt_all():
+            if not await adopt_all(kernels):
                 for _ in range(config.initial_kernels):
                     await kernels.start(config.kernel_name or None)
             kernels.pool.start()
             if config.cull_idle_timeout > 0:
-                culler = asyncio.create_task(kernels.cull(), name="culler")
+                culler = asyncio.create_task(cull(kernels), name="culler")
             notifier.ready()
             if await _until_stopped_or_orphaned(stop, config.arbiter_pid):
                 handed_over = await _wait_for_successor(config, server, stop, len(kernels.list()))

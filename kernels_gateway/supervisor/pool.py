@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .kernels import Kernel
+    from .launcher import Kernel, Launcher
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
@@ -26,11 +25,9 @@ REFILL_AFTER = 1.0
 
 
 class WarmPool:
-    def __init__(self, sizes: dict[str, int], launch: Callable[[str], Awaitable["Kernel"]],
-                 discard: Callable[["Kernel"], Awaitable[None]]):
+    def __init__(self, sizes: dict[str, int], launcher: Launcher):
         self.sizes = {name: size for name, size in sizes.items() if size > 0}
-        self._launch = launch
-        self._discard = discard
+        self._launcher = launcher
         self._ready: dict[str, list[Kernel]] = {name: [] for name in self.sizes}
         self._wanted: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.sizes}
         self._fillers: list[asyncio.Task] = []
@@ -46,14 +43,14 @@ class WarmPool:
             self._wanted[name].set()
             if await kernel.manager.is_alive():
                 return kernel
-            await self._discard(kernel)
+            await self._launcher.discard(kernel)
         return None
 
     async def _fill(self, name: str) -> None:
         while True:
             while len(self._ready[name]) < self.sizes[name]:
                 try:
-                    kernel = await self._launch(name)
+                    kernel = await self._launcher.launch(name, {}, pooled=True)
                     self._ready[name].append(kernel)
                     log.info("Warm kernel ready: %s (%s)", kernel.id, name)
                 except Exception as e:
@@ -69,4 +66,4 @@ class WarmPool:
         await asyncio.gather(*self._fillers, return_exceptions=True)
         spares = [kernel for kernels in self._ready.values() for kernel in kernels]
         self._ready = {name: [] for name in self.sizes}
-        await asyncio.gather(*(self._discard(kernel) for kernel in spares), return_exceptions=True)
+        await asyncio.gather(*(self._launcher.discard(kernel) for kernel in spares), return_exceptions=True)

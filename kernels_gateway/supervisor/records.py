@@ -23,6 +23,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from ..errors import CannotStart
+from .errors import KernelNotFound
+
 log = logging.getLogger("kernels_gateway.supervisor")
 
 # Kernel ids are the canonical form of a random UUID, and nothing else is ever looked up, logged or
@@ -31,7 +34,13 @@ KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 STARTING, RUNNING, RESTARTING, DEAD = "starting", "running", "restarting", "dead"
 
 
-class UntrustedPath(RuntimeError):
+def valid_kernel_id(kernel_id: Any) -> str:
+    if not isinstance(kernel_id, str) or not KERNEL_ID.fullmatch(kernel_id):
+        raise KernelNotFound(str(kernel_id)[:100])
+    return kernel_id
+
+
+class UntrustedPath(CannotStart):
     pass
 
 

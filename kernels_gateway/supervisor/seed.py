@@ -20,13 +20,14 @@ import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.session import Session
 
+from ..errors import CannotStart
 from .errors import KernelStartFailed
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 FETCH_TIMEOUT = 30.0
 
 
-class SeedError(RuntimeError):
+class SeedError(CannotStart):
     """The seed notebook cannot be used; the supervisor does not start."""
 
 

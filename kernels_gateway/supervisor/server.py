@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import metrics, progress, replies, wire
+from ..errors import CannotStart
+from . import metrics, operations, progress, replies, wire
 from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
 from .executions import ExecutionLimits, Executions
-from .kernels import Kernels, valid_kernel_id
+from .kernels import Kernels
+from .records import valid_kernel_id
 from .process import gone
 from .sessions import Sessions
 
@@ -109,12 +111,7 @@ class SupervisorServer:
         return self.kernels.kernelspecs()
 
     async def start(self, args: dict, client: Client) -> dict:
-        name, env = args.get("name"), args.get("env")
-        if name is not None and not isinstance(name, str):
-            raise BadRequest("name must be a string")
-        if env is not None and not isinstance(env, dict):
-            raise BadRequest("env must be an object")
-        return (await self.kernels.start(name, env)).model()
+        return (await self.kernels.start(args["name"], args["env"])).model()
 
     async def list(self, args: dict, client: Client) -> list:
         return [kernel.model() for kernel in self.kernels.list()]
@@ -139,8 +136,8 @@ class SupervisorServer:
         """A websocket opened; with `replay`, what its session missed while away (iopub output, then
         replies that reached its departed connection), each as [channel, parts]. `progress` names the
         worker's progress file and slot, read should the worker die with the websocket open."""
-        kernel_id, session_id = valid_kernel_id(args.get("kernel_id")), _optional_str(args, "session_id")
-        connection = _optional_str(args, "connection") or f"anonymous-{id(client)}-{len(client.connections)}"
+        kernel_id, session_id = valid_kernel_id(args["kernel_id"]), args["session_id"]
+        connection = args["connection"] or f"anonymous-{id(client)}-{len(client.connections)}"
         read = self._progress(args.get("progress"), client)
         missed = await self.kernels.connection_opened(kernel_id, session_id, connection,
                                                       (lambda: read()[0]) if read else None, bool(args.get("replay")))
@@ -154,21 +151,20 @@ class SupervisorServer:
         name, slot = found.get("file"), found.get("slot")
         if not isinstance(name, str) or not PROGRESS_FILE.fullmatch(name) or not isinstance(slot, int) or slot < 0:
             raise BadRequest("progress must name a progress file and a slot")
-        path = self.kernels.settings.runtime_dir / name
+        path = self.kernels.config.runtime_dir / name
         client.progress_files.add(path)
         return lambda: progress.read(str(path), slot)
 
     async def connection_closed(self, args: dict, client: Client) -> None:
-        kernel_id, session_id = valid_kernel_id(args.get("kernel_id")), _optional_str(args, "session_id")
-        connection = _optional_str(args, "connection")
+        kernel_id, session_id, connection = valid_kernel_id(args["kernel_id"]), args["session_id"], args["connection"]
         if client.connections.pop(connection, None) is not None:  # a worker says; its progress is not read
-            self.kernels.connection_closed(kernel_id, session_id, connection, _optional_str(args, "last_msg_id"))
+            self.kernels.connection_closed(kernel_id, session_id, connection, args["last_msg_id"])
 
     async def replay_join(self, args: dict, client: Client) -> dict:
         """Where a returning websocket's live output begins against its replay: the messages between
         them, or the msg_id up to which the live output repeats the replay."""
         kernel = self.kernels.get(args.get("kernel_id"))
-        session_id, until = _optional_str(args, "session_id"), _optional_str(args, "until")
+        session_id, until = args["session_id"], args["until"]
         if not session_id or not until:
             raise BadRequest("session_id and until are required")
         missed, skip_through = await kernel.iopub.replay.join(session_id, until)
@@ -178,7 +174,7 @@ class SupervisorServer:
         """A reply that reached a websocket's connection after the websocket closed: kept for its
         session's return, or handed at once to the worker where the session is connected again."""
         kernel = self.kernels.get(args.get("kernel_id"))
-        session_id, channel = _optional_str(args, "session_id"), args.get("channel")
+        session_id, channel = args["session_id"], args["channel"]
         parts = args.get("parts")
         if not session_id or channel not in REPLY_CHANNELS or not isinstance(parts, list):
             raise BadRequest("session_id, a request channel and parts are required")
@@ -203,7 +199,7 @@ class SupervisorServer:
         try:
             kernel = self.kernels.get(kernel_id)
             await replies.collect(self.kernels.zmq_context, kernel.connection_info(), connection.encode(), requests,
-                                  self.kernels.settings.replay.max_age,
+                                  self.kernels.config.replay_age,
                                   lambda channel, parts: self._deliver_reply(kernel_id, session_id, channel, parts))
         except GatewayError:
             pass  # the kernel is gone, and its replies with it
@@ -245,7 +241,7 @@ class SupervisorServer:
         path = str(self.socket_path)
         if os.path.exists(path):
             if await _answers(path):
-                raise RuntimeError(f"another supervisor is already listening on {path}")
+                raise CannotStart(f"another supervisor is already listening on {path}")
             os.unlink(path)  # left behind by a supervisor that did not stop cleanly
         old_umask = os.umask(0o177)  # born 0600: no window in which others could connect
         try:
@@ -324,7 +320,7 @@ class SupervisorServer:
             args = frame.get("args") or {}
             if not isinstance(args, dict):
                 raise BadRequest("args must be an object")
-            reply["result"] = await op(args, client)
+            reply["result"] = await op(operations.check(name, args), client)
         except GatewayError as e:
             reply["error"] = {"code": e.code, "message": e.message}
         except Exception as e:
@@ -336,13 +332,6 @@ class SupervisorServer:
                 await client.send(reply)
             except wire.WireError as e:
                 await client.send({"id": reply["id"], "error": {"code": "error", "message": str(e)}})
-
-
-def _optional_str(args: dict, name: str) -> str | None:
-    value = args.get(name)
-    if value is not None and not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string")
-    return value
 
 
 def _remove_if_abandoned(path: Path) -> None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadRequest, KernelNotFound, SessionNotFound
-from .kernels import KERNEL_ID, Kernels
+from .kernels import Kernels
+from .records import KERNEL_ID
 
 FIELDS = ("path", "name", "type")
 
@@ -66,8 +67,8 @@ class Sessions:
 
     async def create(self, args: dict, client: Any) -> dict[str, Any]:
         """A new session on a new kernel (or on `kernel_id`'s), unless one has this path already."""
-        fields = _fields(args, required=FIELDS[:1] + FIELDS[2:])
-        kernel_name, kernel_id = _optional(args, "kernel_name"), _optional(args, "kernel_id")
+        fields = _fields(args)
+        kernel_name, kernel_id = args["kernel_name"] or None, args["kernel_id"] or None
         path = fields["path"]
         async with self._creating_lock(path):
             for session in list(self._sessions.values()):
@@ -114,8 +115,8 @@ class Sessions:
         one of `kernel_name`. The kernel left behind is shut down, as Jupyter Server does."""
         session = self._find(args)
         self._model_or_gone(session)
-        fields = _fields(args, required=())
-        kernel_name, kernel_id = _optional(args, "kernel_name"), _optional(args, "kernel_id")
+        fields = _fields(args)
+        kernel_name, kernel_id = args["kernel_name"] or None, args["kernel_id"] or None
         if kernel_id:
             try:
                 self.kernels.get(kernel_id)
@@ -145,23 +146,6 @@ class Sessions:
             raise SessionNotFound(session.id) from None
 
 
-def _optional(args: dict, name: str) -> str | None:
-    value = args.get(name)
-    if value is not None and not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string")
-    return value or None
-
-
-def _fields(args: dict, required: tuple[str, ...]) -> dict[str, str]:
-    """The session's path, name and type given in `args`; those in `required` must be there."""
-    fields = {}
-    for key in FIELDS:
-        value = args.get(key)
-        if value is None:
-            if key in required:
-                raise BadRequest(f"Missing field in JSON data: {key}")
-            continue
-        if not isinstance(value, str):
-            raise BadRequest(f"{key} must be a string")
-        fields[key] = value
-    return fields
+def _fields(args: dict) -> dict[str, str]:
+    """The session's path, name and type given in `args` (checked with their operation: operations.py)."""
+    return {key: args[key] for key in FIELDS if args[key] is not None}

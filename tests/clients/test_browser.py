@@ -9,7 +9,7 @@ import signal
 from playwright.async_api import expect
 
 from ..conftest import kernel_pids
-from ..test_process import children
+from ..helpers import children
 
 TIMEOUT = 60_000  # ms: kernels start slowly on a busy machine
 

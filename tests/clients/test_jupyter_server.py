@@ -4,7 +4,6 @@ them through the gateway's legacy protocol."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -13,9 +12,8 @@ import aiohttp
 import pytest
 
 from ..conftest import free_port, kernel_pids
+from ..helpers import SERVER_TOKEN, running_jupyter_server
 from ..kernel_client import KernelSocket, encode_legacy_binary
-
-SERVER_TOKEN = "jupyter-server-token"
 
 REPORT_TARGET = """
 from comm import get_comm_manager
@@ -27,40 +25,6 @@ def _report_target(comm, open_msg):
 
 get_comm_manager().register_target("report", _report_target)
 """
-
-
-@contextlib.asynccontextmanager
-async def running_jupyter_server(gateway_url: str, gateway_token: str | None, http, tmp_path, app: str = "jupyter_server"):
-    """`jupyter server --gateway-url` (or `jupyter lab`, app="jupyterlab"), on a free port, in its own
-    config and runtime dirs, serving tmp_path: its URL."""
-    port = free_port()
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data")}
-    token = [f"--GatewayClient.auth_token={gateway_token}"] if gateway_token else []
-    log = open(tmp_path / "jupyter-server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", app, f"--port={port}", "--ip=127.0.0.1", "--no-browser", "--allow-root",
-         f"--ServerApp.root_dir={tmp_path}", f"--IdentityProvider.token={SERVER_TOKEN}",
-         f"--gateway-url={gateway_url}", *token],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            assert server.poll() is None, (tmp_path / "jupyter-server.log").read_text()
-            try:
-                async with http.get(f"{url}/api/status", params={"token": SERVER_TOKEN}) as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import signal
 from playwright.async_api import expect
 
 from ..conftest import kernel_pids
-from .test_jupyter_server import SERVER_TOKEN, running_jupyter_server
+from ..helpers import SERVER_TOKEN, running_jupyter_server
 
 TIMEOUT = 60_000  # ms: JupyterLab and kernels start slowly on a busy machine
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from .test_jupyter_server import SERVER_TOKEN, running_jupyter_server
+from ..helpers import SERVER_TOKEN, running_jupyter_server
 
 RESOURCE = "a resource file of the sample kernelspec\n"
 

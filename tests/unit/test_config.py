@@ -88,3 +88,32 @@ def test_secrets_travel_as_variables_only():
     assert c.env_for("supervisor") == {}
     assert config(["web", *c.args_for("web")], c.env_for("web")).auth_token == "s3cret"
     assert config([]).env_for("web") == {}
+
+
+@pytest.mark.parametrize("argv, environ, message", [
+    (["--pool", "python3"], {}, "--pool takes NAME=N, not 'python3'"),
+    (["--pool", "python3=1,=2"], {}, "--pool takes NAME=N, not '=2'"),
+    ([], {"KERNELS_GATEWAY_POOL": "python3=x"}, "--pool takes NAME=N, not 'python3=x'"),
+    (["--workers", "0"], {}, "--workers must be more than 0, not 0"),
+    (["--port", "70000"], {}, "--port must be a port from 0 to 65535, not 70000"),
+    (["--shutdown-wait", "-1"], {}, "--shutdown-wait must be 0 or more, not -1"),
+    (["--cull-interval", "0"], {}, "--cull-interval must be more than 0, not 0"),
+    (["--keyfile", "key.pem"], {}, "--keyfile and --client-ca need --certfile"),
+])
+def test_bad_options_are_refused_where_the_configuration_is_built(capsys, argv, environ, message):
+    with pytest.raises(SystemExit) as refused:
+        config(argv, environ)
+    assert message in f"{refused.value.code}{capsys.readouterr().err}"
+
+
+def test_pool_sizes():
+    assert config([]).pool_sizes == (("python3", 1),)
+    assert config(["--default-kernel-name", "ir"]).pool_sizes == (("ir", 1),)
+    assert config(["--pool", "none"]).pool_sizes == ()
+    assert config(["--pool", "python3=2", "--pool", "ir=1"]).pool_sizes == (("python3", 2), ("ir", 1))
+
+
+def test_one_url_builder():
+    assert config(["--port", "9"]).url() == "http://127.0.0.1:9/api/kernels"
+    assert config(["--base-path", "krn", "--certfile", "c.pem"]).url("::1", 8, "/api/health") == \
+        "https://[::1]:8/krn/api/health"
