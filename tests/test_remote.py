@@ -450,3 +450,22 @@ async def test_idle_remote_kernels_are_culled_on_their_hosts(remote_gateway, htt
     async with http.get(f"{gw.url}/api/kernels/{kernel_id}") as r:
         assert r.status == 404
     assert await gw.stop() == 0
+
+
+async def test_the_token_reaches_no_host(start_gateway, remote, http, hosts):
+    _, env = remote
+    token = "remote-test-token-" + os.urandom(8).hex()
+    gw = await start_gateway("--initial-kernels", "0", env={**env, "KERNELS_GATEWAY_AUTH_TOKEN": token})
+    auth = {"Authorization": f"token {token}"}
+    async with http.post(f"{gw.url}/api/kernels", json={"name": SPEC}, headers=auth) as r:
+        assert r.status == 201, await r.text()
+        kernel_id = (await r.json())["id"]
+    sock = await KernelSocket.open(http, gw, kernel_id, headers=auth)
+    _, stdout = await sock.execute("import os; print(any(%r in v for v in os.environ.values()))" % token)
+    assert stdout == "False\n"
+    await sock.close()
+    for host in hosts:
+        assert not any(token in line for line in host.processes())
+    assert not any(token in path.read_text(errors="replace") for path in (gw.runtime_dir / "kernels").glob("*.json"))
+    assert token not in gw.log()
+    assert await gw.stop() == 0
