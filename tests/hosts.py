@@ -11,6 +11,7 @@ Every host is torn down when its block ends, whatever happened: its pid namespac
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -37,6 +38,8 @@ def missing() -> str:
             return f"{tool} is not installed"
     if not os.path.exists(SSHD):
         return "openssh-server is not installed (apt-get install openssh-server)"
+    if importlib.util.find_spec("gateway_provisioners") is None:
+        return "gateway_provisioners is not installed (pip install -e '.[test]')"
     return ""
 
 
