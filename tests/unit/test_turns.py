@@ -10,7 +10,7 @@ import zmq
 import zmq.asyncio
 
 from kernels_gateway.supervisor.activity import receive
-from kernels_gateway.turns import BULK, IN_A_ROW, SHARE_SECONDS
+from kernels_gateway.turns import BULK, SHARE_SECONDS
 
 SOCKETS = 20
 QUEUED = 400  # messages waiting on each socket before the loops start
@@ -54,7 +54,9 @@ async def test_flooding_sockets_leave_every_turn_to_the_rest_after_a_bounded_sha
         # whole batch of every socket (16 each: 320 messages).
         assert max(per_turn) <= 2 * SHARE_SECONDS / WORK + SOCKETS, max(per_turn)
         # Every flooding socket gets its turns: none waits while the others take theirs again and again.
-        assert max(handled) - min(handled) <= 2 * IN_A_ROW, handled
+        # (A turn's size is its share of time, so a preempted process hands out uneven turns: half the mean
+        # at least, where sockets served out of line got none at all.)
+        assert min(handled) >= sum(handled) / SOCKETS / 2, handled
     finally:
         for task in loops:
             task.cancel()
