@@ -143,11 +143,18 @@ async def test_a_remote_kernel_starts_on_a_host_and_works(remote_gateway, http, 
     assert (await model(http, gw, first))["execution_state"] == "busy"
     async with http.post(f"{gw.url}/api/kernels/{first}/interrupt") as r:
         assert r.status == 204
+    # The reply, then the cell's idle, as a client that runs cells one after another waits for both.
+    reply = idle = None
     async with asyncio.timeout(30):
-        while not ((msg := await sock.receive())["header"]["msg_type"] == "execute_reply"
-                   and msg["parent_header"]["msg_id"] == request["header"]["msg_id"]):
-            pass
-    assert msg["content"]["status"] == "error" and msg["content"]["ename"] == "KeyboardInterrupt"
+        while reply is None or idle is None:
+            msg = await sock.receive()
+            if msg["parent_header"].get("msg_id") != request["header"]["msg_id"]:
+                continue
+            if msg["header"]["msg_type"] == "execute_reply":
+                reply = msg
+            elif msg["header"]["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                idle = msg
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
     reply, stdout = await sock.execute("print('still here')")
     assert stdout == "still here\n"
     await sock.close()
