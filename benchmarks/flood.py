@@ -180,6 +180,7 @@ async def _start_flooding(target, count: int, bounded: int = 0) -> tuple[list[st
     clients = await Clients.start(target.ws_url, specs)
     started = await clients.wait_for(lambda e: sum("started" in x for x in clients.events) >= len(specs), 60)
     if not started:
+        await clients.stop()  # in a session of its own, nothing else would end it
         raise RuntimeError("the clients did not start their cells within 60 s")
     return kernel_ids, fast, clients
 
