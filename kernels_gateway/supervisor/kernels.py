@@ -44,12 +44,11 @@ Listener = Callable[[dict[str, Any]], None]
 
 
 class Kernels:
-    def __init__(self, config: Config, seed: Seed | None = None, secret_env: frozenset[str] = frozenset()):
-        """`secret_env`: names of the supervisor's environment that no kernel inherits."""
+    def __init__(self, config: Config, seed: Seed | None = None):
         self.config = config
         self.specs = KernelSpecManager()
         self.records = Records(config.runtime_dir)
-        self.env = EnvironmentPolicy(frozenset(config.env_allow), frozenset(config.env_inherit), secret_env)
+        self.env = EnvironmentPolicy.of(config)
         self.listeners: set[Listener] = set()
         self._kernels: dict[str, Kernel] = {}
         self._starting = 0
