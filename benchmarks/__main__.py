@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import flood, forks, messages, profile, recovery, report, rest, scale, starts
+from . import flood, forks, messages, profile, recovery, remote, report, rest, scale, starts
 from .results import Results, describe
 from .settings import DEFAULT, QUICK, Settings
 from .targets import KG, RAW, REPO, THIS, Fleet, KernelGateway, write_kernelspec
@@ -34,6 +34,7 @@ WORKLOADS = {
     "recovery": recovery.recovery,
     "flood": flood.flood,
     "fork": forks.fork,
+    "remote": remote.remote,
 }
 GROUPS = {"all": list(WORKLOADS), "scale": ["idle-websockets", "concurrent-starts", "load"]}
 TARGETS = {"this": THIS, "kg": KG, "raw": RAW}

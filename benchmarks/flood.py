@@ -8,8 +8,8 @@ kernels and of the whole server; the share of a bounded output that reaches its 
 with `stop_kernels` flooding kernels, how long a SIGTERM takes to stop the server and how many kernel
 processes are left after it.
 
-The clients run in a process of their own (`python -m benchmarks.flood`), so that reading the flood
-cannot delay the measuring requests of this one.
+The clients run in a process and a session of their own (`python -m benchmarks.flood`), so that reading
+the flood cannot delay the measuring requests of this one, nor take the server's turns on the cores.
 """
 
 from __future__ import annotations
@@ -103,8 +103,11 @@ class Clients:
 
     @classmethod
     async def start(cls, ws_url: str, specs: list[str]) -> "Clients":
+        # A session of its own: the clients stand for other machines, and where Linux weighs sessions apart
+        # (autogroup), one shared with the server would take its turns on the cores.
         process = await asyncio.create_subprocess_exec(sys.executable, "-m", "benchmarks.flood", ws_url, *specs,
-                                                       stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+                                                       stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+                                                       start_new_session=True)
         return cls(process)
 
     async def _read(self) -> None:

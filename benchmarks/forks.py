@@ -1,6 +1,7 @@
 """Forked kernels beside launched ones (`--fork none`) and Kernel Gateway's, in one run, without a warm
 pool: POST to the first kernel_info_reply, 20 concurrent starts, an idle kernel's proportional memory
-(PSS), and what `import numpy` costs in a new kernel (this gateway forking with `--preload numpy`)."""
+(PSS, of forked kernels without preloads, since a launched kernel has imported none), and what
+`import numpy` costs in a new kernel (this gateway forking with `--preload numpy`)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from pathlib import Path
 from .results import Results, describe, median
 from .settings import Settings
 from .starts import first_reply
-from .targets import KG, THIS, Fleet, ThisGateway, processes_mentioning, settled_kernels
+from .targets import KG, THIS, Fleet, ThisGateway, kernels_of, settled_kernels
 
 FORK = "fork"
 FORKED = ("--pool", "none", "--fork", "python", "--preload", "numpy")
+# A launched kernel has not imported numpy: the memory of forked kernels is compared without preloads.
+FORKED_PLAIN = ("--pool", "none", "--fork", "python")
 LAUNCHED = ("--pool", "none", "--fork", "none")
 PSS_KERNELS = 3
 
@@ -39,8 +42,12 @@ async def fork(fleet: Fleet, settings: Settings, results: Results) -> None:
         for target, kind in targets:
             with results.guard(FORK, target.name):
                 await _concurrent(target, kind, settings, results)
-                await _memory(target, kind, settings, results)
+                if target is not forked[0]:
+                    await _memory(target, kind, settings, results)
                 await _numpy(target, kind, settings, results)
+    async with fleet.running([THIS], *FORKED_PLAIN) as [plain]:
+        with results.guard(FORK, plain.name):
+            await _memory(plain, "forked", settings, results)
 
 
 def _measure(text: str, kind: str) -> str:
@@ -90,7 +97,7 @@ async def _memory(target, kind: str, settings: Settings, results: Results) -> No
             await client.close()
         await settled_kernels(target.folder, PSS_KERNELS)
         sizes = []
-        for pid in processes_mentioning(f"{target.folder}/"):
+        for pid in kernels_of(target.folder):
             with contextlib.suppress(OSError):
                 sizes.append(pss_bytes(pid) / 2**20)
         results.record(FORK, _measure("idle kernel's PSS", kind), target.name, round(median(sizes) or 0, 1), "MiB", sizes)

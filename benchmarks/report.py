@@ -36,6 +36,9 @@ GOALS = [
     ("fork", r"all answered after \(forked\)", "≤ 2 s"),
     ("fork", r"PSS \(forked\)", "≤ 0.6 × launched"),
     ("fork", r"import numpy in a new kernel p50 \(forked\)", "≤ 5 ms"),
+    ("remote", r"round trip p50", "≤ 1.25 × jupyter_client"),
+    ("remote", r"restart to first kernel_info_reply p50", "≤ 1.5 × jupyter_client"),
+    ("remote", r"GET a local kernel's model p50 \(2 remote kernels\)", "= without remote kernels"),
 ]
 
 # What the chart shows: (title, workload, the measures drawn).

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -68,6 +69,18 @@ def processes_mentioning(text: str) -> list[int]:
         with contextlib.suppress(OSError):
             if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
                 pids.append(int(entry.name))
+    return pids
+
+
+def kernels_of(folder: Path) -> list[int]:
+    """The kernel processes among those: the ones whose command line names a connection file there (the
+    server's own processes name only the folder)."""
+    named = re.compile(re.escape(f"{folder}/") + r"\S+\.json")
+    pids = []
+    for pid in processes_mentioning(f"{folder}/"):
+        with contextlib.suppress(OSError):
+            if named.search(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()):
+                pids.append(pid)
     return pids
 
 

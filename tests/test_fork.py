@@ -1,9 +1,10 @@
 """Python kernels forked from a template: indistinguishable from launched ones, sharing nothing, launched
 the ordinary way when a fork would not do, and surviving what launched kernels survive.
 
-Forking is on by default, so the rest of the suite (execute, output, stdin, comms, interrupt, restart,
-crash, shutdown, adoption) runs on forked kernels; these tests check what is particular to forking. With
-`--preload numpy`, numpy already imported when a kernel starts is the proof that it was forked.
+The rest of the suite (execute, output, stdin, comms, interrupt, restart, crash, shutdown, adoption) runs
+on forked kernels with KERNELS_GATEWAY_FORK=python in the environment; these tests check what is
+particular to forking. With `--preload numpy`, numpy already imported when a kernel starts is the proof
+that it was forked.
 """
 
 from __future__ import annotations

@@ -325,9 +325,9 @@ class KernelConnection:
         pace = Pace(BULK)
         try:
             while True:
-                await pace.next()
+                pace.done()
                 message = await self.ws.receive()
-                pace.begin()
+                await pace.turn()
                 if message.type is WSMsgType.PONG:
                     self._acknowledged(message.data)
                 elif message.type is WSMsgType.PING:  # answered here, since pongs are read here too

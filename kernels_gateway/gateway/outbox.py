@@ -81,13 +81,11 @@ class Outbox:
         """The next message to send; a drop notice once all that came before the drop is sent. A
         backlog is handed out as bulk work (`turns.py`), since a websocket that takes every frame at
         once would otherwise keep the event loop to itself."""
-        await self._pace.next()
-        while not self._queue:
-            if self._dropped_count:
-                break
+        self._pace.done()  # sending the last message was bulk work too
+        while not self._queue and not self._dropped_count:
             self._waiting.clear()
             await self._waiting.wait()
-        self._pace.begin()
+        await self._pace.turn()
         if not self._queue:
             return "iopub", self._notice()
         channel, body, size = self._queue.popleft()

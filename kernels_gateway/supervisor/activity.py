@@ -60,17 +60,17 @@ def subscriber(context: zmq.asyncio.Context, connection_info: dict[str, Any], rc
 
 
 async def receive(sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], None]) -> None:
-    """Hand every message of `sock` to `handle`, forever, as bulk work: wait for a turn with room in the
-    process's share and for one message, take what else is queued up to the batch's bound without
-    waiting, count the time spent, and start over. (An await on a socket with messages queued returns
-    without yielding: a kernel printing in a loop would otherwise keep the event loop to itself.)"""
+    """Hand every message of `sock` to `handle`, forever, as bulk work (`turns.py`): once messages are
+    queued, wait for a turn with room in the process's share, take what is queued up to the batch's
+    bound or the share's without waiting, count the time spent, and start over. (An await on a socket
+    with messages queued returns without yielding: a kernel printing in a loop would otherwise keep the
+    event loop to itself.)"""
     queued = zmq.Socket.shadow(sock.underlying)  # plain non-blocking reads: no future per message
     while True:
+        await sock.poll()
         await BULK.turn()
-        parts = await sock.recv_multipart()
         began = time.perf_counter()
-        count, size = 1, sum(map(len, parts))
-        handle(parts)
+        count = size = 0
         try:
             while count < IN_A_ROW and size < BATCH_BYTES and BULK.room(began):
                 parts = queued.recv_multipart(zmq.NOBLOCK)
@@ -80,7 +80,7 @@ async def receive(sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], None
             pass
         BULK.spend(began)
         # The socket's file descriptor is edge-triggered, and reads behind pyzmq's back may have taken
-        # the edge that a send waiting on the same socket needed: asking pyzmq for the events wakes it.
+        # the edge that a send or poll waiting on the same socket needed: asking pyzmq for the events wakes it.
         sock.get(zmq.EVENTS)
 
 

@@ -19,6 +19,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.provisioning import KernelProvisionerFactory, LocalProvisioner
 
+from . import liveness, remote
 from .process import AdoptedProcess, kernel_process, kill_group, processes_naming
 from .records import KERNEL_ID, RESTARTING, RUNNING, Records, valid_kernel_id
 
@@ -143,6 +144,15 @@ async def _adopt(kernels: Kernels, record: dict[str, Any]) -> Kernel | None:
     """The record's kernel, registered and watched; None when there is nothing to adopt."""
     runtime_dir, launcher = kernels.config.runtime_dir, kernels.launcher
     kernel_id, state = valid_kernel_id(record["id"]), record.get("state", RUNNING)
+    manager = await remote.adopted_manager(record, kernels.specs, kernels.config.shutdown_wait,
+                                           launcher.launch_args(record["env"]))
+    if manager is not None:  # a kernel on another host: only its provisioner can find it
+        if state == RUNNING and await liveness.alive(manager):
+            return _adopted(kernels, record, manager)
+        log.warning("Kernel %s on %s, recorded %s, is not running; ending what is left of it",
+                    kernel_id, remote.host_of(manager), state)
+        await remote.end(record, kernels.specs)
+        return await _start_again(kernels, record) if state == RESTARTING and not record.get("pooled") else None
     pids = live_processes(record, runtime_dir)
     if state not in (RUNNING, RESTARTING) or (pids is not None and len(pids) != 1):
         if state != RESTARTING or record.get("pooled"):
@@ -154,8 +164,12 @@ async def _adopt(kernels: Kernels, record: dict[str, Any]) -> Kernel | None:
                                     kernels.config.shutdown_wait, launcher.launch_args(record["env"]))
     if not await manager.is_alive():
         return None
-    kernel = launcher.kernel(kernel_id, record["name"], manager, record["env"])
-    launcher.watch(kernel)
+    return _adopted(kernels, record, manager)
+
+
+def _adopted(kernels: Kernels, record: dict[str, Any], manager: AsyncKernelManager) -> Kernel:
+    kernel = kernels.launcher.kernel(record["id"], record["name"], manager, record["env"])
+    kernels.launcher.watch(kernel)
     kernels.register(kernel, adopted=True)
     return kernel
 

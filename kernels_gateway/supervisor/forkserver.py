@@ -31,7 +31,10 @@ MAX_MESSAGE = 4 * 2**20
 # What an ipykernel imports before it answers: the application, and what its initialisation brings in
 # (the shell, the debugger, history's sqlite3).
 KERNEL_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
-                  "IPython.core.history", "sqlite3", "pdb", "setproctitle")
+                  "IPython.core.history", "IPython.core.debugger", "IPython.core.oinspect",
+                  "IPython.core.completerlib", "IPython.core.logger", "IPython.extensions.storemagic",
+                  "IPython.utils.wildcard", "tornado.platform.asyncio", "faulthandler", "sqlite3", "pdb",
+                  "setproctitle")
 
 
 def send(channel: socket.socket, message: dict, fds: list[int] = ()) -> None:

@@ -22,12 +22,11 @@ from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoS
 
 from ..config import Config
 
-from . import adoption, metrics
+from . import adoption, liveness, metrics, remote
 from .environment import EnvironmentPolicy
 from .errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
 from .launcher import Kernel, Launcher
 from .pool import WarmPool
-from .process import exited
 from .records import DEAD, RESTARTING, RUNNING, Records, valid_kernel_id
 from .replay import Missed
 from .seed import Seed
@@ -35,12 +34,17 @@ from .seed import Seed
 log = logging.getLogger("kernels_gateway.supervisor")
 
 STABLE_AFTER = 10.0  # seconds a kernel must live for its death not to count against --restart-limit
-POLL_INTERVAL = 1.0  # for provisioners whose process we cannot watch through a pidfd
 # jupyter_client's shutdown takes at most the shutdown wait, then up to 5 s to see a SIGKILLed process go.
 SHUTDOWN_MARGIN = 6.0
 
 
 Listener = Callable[[dict[str, Any]], None]
+
+
+def _on_host(kernel: Kernel) -> str:
+    """Where a remote kernel runs, for its log lines; nothing for a local one."""
+    host = remote.host_of(kernel.manager)
+    return "" if host == "local" else f" on {host}"
 
 
 class Kernels:
@@ -85,10 +89,11 @@ class Kernels:
         # Lower case, as jupyter_client names kernelspecs: "Python3" is python3, warm kernels included.
         name = (self.config.force_kernel_name or name or self.default_name).lower()
         try:
-            self.specs.get_kernel_spec(name)
+            spec = self.specs.get_kernel_spec(name)
         except NoSuchKernel:
             raise KernelSpecNotFound(name) from None
         requested = self.env.requested(env or {})
+        remote.check_env(spec, requested)
         limit = self.config.max_kernels
         # Counting starts in flight before the first await keeps a burst of starts from overshooting.
         if limit and len(self._kernels) + self._starting >= limit:
@@ -105,7 +110,7 @@ class Kernels:
                 self.register(kernel)
         finally:
             self._starting -= 1
-        log.info("Kernel started: %s", kernel.id)
+        log.info("Kernel started: %s%s", kernel.id, _on_host(kernel))
         return kernel
 
     async def _record_or_discard(self, kernel: Kernel) -> None:
@@ -144,15 +149,10 @@ class Kernels:
                         return
             except Exception:
                 log.exception("Kernel %s: watching it failed; watching it again", kernel.id)
-                await asyncio.sleep(POLL_INTERVAL)
+                await asyncio.sleep(liveness.POLL_INTERVAL)
 
     async def _process_exit(self, kernel: Kernel) -> None:
-        pid = getattr(kernel.manager.provisioner, "pid", None)
-        if pid and await kernel.manager.is_alive():
-            await exited(pid)
-        else:
-            while await kernel.manager.is_alive():
-                await asyncio.sleep(POLL_INTERVAL)
+        await liveness.until_exit(kernel.manager)
 
     async def _recover(self, kernel: Kernel) -> bool:
         """Restart a kernel that died; False once it is declared dead."""
@@ -164,7 +164,7 @@ class Kernels:
             self._become(kernel, "dead", reason, announce=True)
             await self._keep_record(kernel, DEAD)
             return False
-        log.warning("Kernel %s died; restarting it", kernel.id)
+        log.warning("Kernel %s died%s; restarting it", kernel.id, _on_host(kernel))
         self._become(kernel, "restarting", announce=True)
         kernel.started_at = time.time()
         spare = None if kernel.requested_env else await self.pool.take(kernel.name)
@@ -182,7 +182,7 @@ class Kernels:
             return True  # its process is gone or hopeless: the keeper comes straight back here
         await self._keep_record(kernel, RUNNING)
         metrics.KERNEL_RESTARTS.labels(kernel.name, "automatic").inc()
-        log.info("Kernel restarted: %s", kernel.id)
+        log.info("Kernel restarted: %s%s", kernel.id, _on_host(kernel))
         self._emit(kernel, connection_info=kernel.connection_info())
         return True
 
@@ -240,6 +240,10 @@ class Kernels:
         kernel = self.get(kernel_id)
         async with kernel.lock:
             self.get(kernel_id)  # it may have been shut down while we waited for the lock
+            now = not liveness.asked_to_shut_down(kernel.manager.provisioner)
+            if now and not await liveness.ended_remote(kernel.manager):  # nothing changed: it may run on
+                raise KernelStartFailed(f"Kernel {kernel_id} cannot be restarted: its host "
+                                        f"{remote.host_of(kernel.manager)} does not answer")
             await self._stop_keeping(kernel)
             self._become(kernel, "restarting")
             kernel.started_at = time.time()
@@ -248,8 +252,11 @@ class Kernels:
             self._emit(kernel, hold=True)
             await self._keep_record(kernel, RESTARTING)
             try:
-                await self._restart_process(kernel, now=False)
+                await self._restart_process(kernel, now=now)
             except Exception as e:
+                # The record names whatever process the attempt left (a remote one included), and the
+                # next supervisor starts the kernel again from it.
+                await self._keep_record(kernel, RESTARTING)
                 self._become(kernel, "dead", f"restart failed: {e}", announce=True)
                 raise KernelStartFailed(f"Kernel {kernel_id} failed to restart: {e}") from e
             finally:
@@ -309,6 +316,7 @@ class Kernels:
             log.error("Kernels did not all shut down within %g s; killing them", self.config.shutdown_wait + SHUTDOWN_MARGIN)
         for kernel_id in list(self.records.ours):
             if record := self.records.load(kernel_id):
+                await remote.end(record, self.specs)
                 adoption.end_kernel(self.records, record, self.config.runtime_dir)
 
     async def release(self) -> None:

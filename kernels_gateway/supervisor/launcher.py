@@ -26,7 +26,7 @@ import zmq.asyncio
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from . import adoption
+from . import adoption, liveness
 from ..config import Config
 from .activity import IOPub, ReplayLimits, subscriber
 from .environment import EnvironmentPolicy
@@ -34,6 +34,7 @@ from .errors import KernelStartFailed
 from .output import KernelOutput
 from .process import lower_priority, start_time
 from .records import RUNNING, STARTING, Records
+from .remote import host_of
 from .seed import Seed
 from .wire import KERNEL_RECONNECT_MS, kernel_url
 
@@ -115,6 +116,8 @@ class Launcher:
         try:
             await self.save_record(kernel, STARTING, pooled)
             await kernel.manager.start_kernel(**self.launch_args(requested))
+            if liveness.is_remote(kernel.manager.provisioner):  # its host and pid are known only now
+                await self.save_record(kernel, STARTING, pooled)
             await self._follow_output(kernel)
             self.watch(kernel)
             await self._ready(kernel)
@@ -128,7 +131,13 @@ class Launcher:
 
     async def restart_process(self, kernel: Kernel, now: bool) -> None:
         """A new process for the kernel (`now`: without asking the old one to shut down), ready and seeded."""
+        before = kernel.connection_info()
+        if now and not await liveness.ended_remote(kernel.manager):
+            raise KernelStartFailed(f"its host {host_of(kernel.manager)} does not answer, and it may still run there")
         await kernel.manager.restart_kernel(now=now)
+        if kernel.connection_info() != before:  # a remote kernel may come back on other ports or another host
+            await self.stop_watching(kernel)
+            self.watch(kernel)
         await self._follow_output(kernel)
         await self._ready(kernel)
 
@@ -148,7 +157,7 @@ class Launcher:
         await self.stop_watching(kernel)
         try:
             if kernel.manager.has_kernel:
-                await kernel.manager.shutdown_kernel(now=False)
+                await kernel.manager.shutdown_kernel(now=not liveness.asked_to_shut_down(kernel.manager.provisioner))
             else:
                 await kernel.manager.cleanup_resources()
         except Exception:
@@ -163,7 +172,7 @@ class Launcher:
     async def save_record(self, kernel: Kernel, state: str, pooled: bool = False) -> None:
         provisioner = kernel.manager.provisioner
         info = await provisioner.get_provisioner_info() if provisioner else None
-        pid = info.get("pid") if info else None
+        pid = liveness.local_pid(provisioner, info)
         self.records.save(kernel.id, {
             "id": kernel.id,
             "state": state,

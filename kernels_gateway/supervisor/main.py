@@ -18,6 +18,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from ..config import Config
 from ..errors import CannotStart
 from ..systemd import Notifier
+from . import remote
 from .adoption import adopt_all
 from .client import SupervisorClient
 from .culler import cull
@@ -95,7 +96,7 @@ async def _serve(config: Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     culler: asyncio.Task | None = None
     handed_over = False
-    async with Notifier() as notifier:
+    async with Notifier() as notifier, remote.response_manager(kernels.specs):
         try:
             await server.start_serving()
             log.info("Supervisor listening on %s", config.socket_path)

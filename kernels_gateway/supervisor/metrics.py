@@ -24,6 +24,7 @@ from prometheus_client import disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .errors import BadRequest, KernelStartFailed
+from .remote import host_of
 
 disable_created_metrics()  # a `_created` series per counter would double the output for little use
 REGISTRY = CollectorRegistry()
@@ -87,6 +88,12 @@ class KernelsCollector:
         for (state, name), count in sorted(Tally((k.iopub.execution_state, k.name) for k in kernels).items()):
             by_state.add_metric([state, name], count)
         yield by_state
+        by_host = GaugeMetricFamily(
+            "kernels_gateway_kernels_by_host", "Kernels by the host they run on (local: this machine)", labels=["host"]
+        )
+        for host, count in sorted(Tally(host_of(k.manager) for k in kernels).items()):
+            by_host.add_metric([host], count)
+        yield by_host
         yield GaugeMetricFamily(
             "kernels_gateway_websocket_connections", "Websockets open to kernels",
             value=sum(k.connections for k in kernels),

@@ -1,0 +1,160 @@
+"""What kernels on other hosts need beyond what jupyter_client does for them (gateway_provisioners'
+provisioners: SSH, Kubernetes, Docker, YARN).
+
+- gateway_provisioners' ResponseManager, which receives each launched kernel's connection info, polls
+  its socket every 0.1 ms, each poll blocking up to 10 ms, on the event loop of whoever creates it
+  first: on the supervisor's it would slow every REST call. It is created here, before any provisioner,
+  on an event loop of its own in a thread of its own; only the connection info it receives is handed to
+  the supervisor's loop.
+- Values of a start request's env that the SSH provisioner writes into the command line it runs on a
+  host (unquoted, in double quotes) must be plain words: anything else is refused before launch.
+- A remote kernel is adopted through its provisioner's own saved state, and ended through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import threading
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from jupyter_client import AsyncKernelManager
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.provisioning import KernelProvisionerFactory
+
+from .errors import BadRequest
+from .liveness import alive, is_remote
+
+log = logging.getLogger("kernels_gateway.supervisor")
+
+LOCAL_PROVISIONERS = frozenset({"local-provisioner", "fork-provisioner"})
+# The SSH provisioner builds `export KERNEL_USERNAME="VALUE";...` for the host's shell.
+COMMAND_LINE_ENV = frozenset({"KERNEL_USERNAME", "GP_IMPERSONATION_ENABLED"})
+PLAIN_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
+THREAD_STOP_TIMEOUT = 5.0
+# gateway_provisioners reaches a kernel's listener (to poll or signal it) with a TCP connect that waits
+# GP_SOCKET_TIMEOUT seconds, 10 ms by default: on a busy machine a live kernel then looks dead, and a
+# SIGTERM is lost. 50 ms holds; the wait is spent only on a host that does not answer.
+os.environ.setdefault("GP_SOCKET_TIMEOUT", "0.05")
+
+
+def remote_provisioner(spec: Any) -> str | None:
+    """The name of the remote provisioner a kernelspec names, if it names one."""
+    found = (spec.metadata or {}).get("kernel_provisioner", {}).get("provisioner_name")
+    return found if found and found not in LOCAL_PROVISIONERS else None
+
+
+def check_env(spec: Any, requested: Mapping[str, str]) -> None:
+    """Refuse a request's env values that would reach a remote shell as something other than a word."""
+    if not remote_provisioner(spec):
+        return
+    for key in COMMAND_LINE_ENV & requested.keys():
+        if not PLAIN_WORD.fullmatch(requested[key]):
+            raise BadRequest(f"env {key} must be a plain name (letters, digits, '_', '.', '@', '-') for "
+                             f"kernels on other hosts: it is part of the command their host runs")
+
+
+@contextlib.asynccontextmanager
+async def response_manager(specs: KernelSpecManager) -> AsyncIterator[None]:
+    """gateway_provisioners' ResponseManager on a thread of its own, while any kernelspec names a
+    remote provisioner; nothing otherwise."""
+    names = {remote_provisioner(found) for found in _specs(specs).values()} - {None}
+    try:
+        from gateway_provisioners.response_manager import ResponseManager
+    except ImportError:
+        ResponseManager = None
+    if not names or ResponseManager is None:
+        yield
+        return
+    supervisor = asyncio.get_running_loop()
+    started: asyncio.Future[asyncio.AbstractEventLoop] = supervisor.create_future()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # tornado's PeriodicCallback runs on the thread's current loop
+        try:
+            manager = ResponseManager.instance()
+            post = manager._post_connection
+            # The registry's events belong to the supervisor's loop, where provisioners wait on them.
+            manager._post_connection = lambda payload: supervisor.call_soon_threadsafe(post, payload)
+        except BaseException as e:
+            supervisor.call_soon_threadsafe(started.set_exception, e)
+            return
+        supervisor.call_soon_threadsafe(started.set_result, loop)
+        try:
+            loop.run_forever()
+        finally:
+            manager.stop_response_manager()
+            loop.close()
+
+    thread = threading.Thread(target=run, name="response-manager", daemon=True)
+    thread.start()
+    loop = await asyncio.wait_for(started, THREAD_STOP_TIMEOUT * 6)
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, THREAD_STOP_TIMEOUT)
+
+
+def _specs(specs: KernelSpecManager) -> dict[str, Any]:
+    found = {}
+    for name in specs.find_kernel_specs():
+        with contextlib.suppress(Exception):
+            found[name] = specs.get_kernel_spec(name)
+    return found
+
+
+async def adopted_manager(record: dict[str, Any], specs: KernelSpecManager, shutdown_wait: float,
+                          launch_args: dict[str, Any]) -> AsyncKernelManager | None:
+    """A manager for a remote kernel another supervisor started, from its provisioner's saved state;
+    None when the kernelspec's provisioner is not remote (the record is then a local kernel's)."""
+    manager = AsyncKernelManager(kernel_name=record["name"], kernel_id=record["id"], kernel_spec_manager=specs,
+                                 connection_file=record["connection_file"], shutdown_wait_time=shutdown_wait)
+    provisioner = KernelProvisionerFactory.instance().create_provisioner_instance(
+        record["id"], manager.kernel_spec, parent=manager)
+    if not is_remote(provisioner):
+        return None
+    await provisioner.load_provisioner_info(dict(record.get("provisioner") or {}))
+    manager.load_connection_info(provisioner.connection_info)
+    manager.provisioner = provisioner
+    manager._launch_args = launch_args
+    manager._attempted_start = True
+    manager._connect_control_socket()
+    return manager
+
+
+async def end(record: dict[str, Any], specs: KernelSpecManager) -> bool:
+    """Kill a remote kernel that nobody will adopt, through its provisioner; False when the record is
+    not a remote kernel's. Bounded in time: an unreachable host does not hold the supervisor."""
+    try:
+        manager = await adopted_manager(record, specs, 0, {})
+    except Exception as e:
+        log.warning("Kernel %s: its provisioner cannot be restored (%s)", record.get("id"), e)
+        return False
+    if manager is None:
+        return False
+    try:
+        async with asyncio.timeout(THREAD_STOP_TIMEOUT * 2):
+            if await alive(manager):
+                await manager.provisioner.kill()
+                log.warning("Kernel %s killed on %s", record.get("id"), host_of(manager))
+            await manager.provisioner.cleanup()
+    except Exception as e:
+        log.warning("Kernel %s on %s could not be killed (%s)", record.get("id"), host_of(manager), e)
+    finally:
+        with contextlib.suppress(Exception):
+            await manager.cleanup_resources()
+    return True
+
+
+def host_of(manager: AsyncKernelManager) -> str:
+    """Where a kernel runs, for logs and metrics: its provisioner's host, or `local`."""
+    provisioner = manager.provisioner
+    if not is_remote(provisioner):
+        return "local"
+    return str(getattr(provisioner, "assigned_host", "") or manager.get_connection_info().get("ip") or "remote")
