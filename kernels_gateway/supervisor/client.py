@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import operations, wire
-from .errors import GatewayError, SupervisorUnavailable, from_wire
+from ..errors import GatewayError, SupervisorUnavailable, from_wire
 
 log = logging.getLogger("kernels_gateway.client")
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..config import Config
-from .errors import BadRequest
+from ..errors import BadRequest
 
 MAX_ENV_VALUE = 32 * 1024
 # Variables that belong to the gateway or to the service manager, never to a kernel. Every variable of

@@ -24,7 +24,7 @@ from ..config import Config
 
 from . import adoption, liveness, metrics, remote
 from .environment import EnvironmentPolicy
-from .errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
+from ..errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
 from .launcher import Kernel, Launcher
 from .pool import WarmPool
 from .records import DEAD, RESTARTING, RUNNING, Records, valid_kernel_id

@@ -16,13 +16,12 @@ import signal
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..config import Config
-from ..errors import CannotStart
+from ..errors import CannotStart, GatewayError
 from ..systemd import Notifier
 from . import remote
 from .adoption import adopt_all
 from .client import SupervisorClient
 from .culler import cull
-from .errors import GatewayError
 from .executions import ExecutionLimits
 from .fork_provisioner import start_templates
 from .kernels import Kernels

@@ -8,7 +8,7 @@ import pytest
 from kernels_gateway.config import Config
 from kernels_gateway.supervisor import operations
 from kernels_gateway.supervisor.client import QUICK, SupervisorClient, deadlines
-from kernels_gateway.supervisor.errors import BadRequest
+from kernels_gateway.errors import BadRequest
 from kernels_gateway.supervisor.kernels import Kernels
 from kernels_gateway.supervisor.server import SupervisorServer
 
