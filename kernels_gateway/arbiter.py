@@ -22,7 +22,8 @@ from collections.abc import Callable
 from .config import SUPERVISOR, WEB, Config
 from .gateway.server import cannot_listen
 from .supervisor.adoption import end_recorded_kernels
-from .supervisor.main import SECRET_ENV, SECRET_ENV_PREFIXES, prepare_runtime_dir
+from .supervisor.environment import is_secret
+from .supervisor.main import prepare_runtime_dir
 from .systemd import Notifier
 from .tls import server_context
 
@@ -259,7 +260,7 @@ def _child_env(config: Config, role: str) -> dict[str, str]:
     """Children get their configuration as flags, and secrets as variables, only where needed: the
     supervisor, parent of every kernel, never holds the token. Children report to us, so the service
     manager's variables (its watchdog, its sockets) are ours alone."""
-    inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV and not k.startswith(SECRET_ENV_PREFIXES)}
+    inherited = {k: v for k, v in os.environ.items() if not is_secret(k)}
     return {**inherited, **config.env_for(role)}
 
 

@@ -10,8 +10,7 @@ import sys
 
 from . import __version__, logs
 from .config import WEB, Config, add_arguments, from_namespace
-from .errors import CannotStart
-from .supervisor.errors import GatewayError
+from .errors import CannotStart, GatewayError
 
 COMMANDS = {
     "supervisor": "run only the supervisor, which owns every kernel",

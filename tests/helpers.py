@@ -147,7 +147,7 @@ class FakeSupervisor:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from kernels_gateway.supervisor import wire
-        from kernels_gateway.supervisor.errors import GatewayError
+        from kernels_gateway.errors import GatewayError
 
         self._handlers.add(asyncio.current_task())
         try:

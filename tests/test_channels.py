@@ -10,7 +10,7 @@ import sys
 import pytest
 import zmq.asyncio
 
-from kernels_gateway.supervisor.activity import subscriber
+from kernels_gateway.kernel_protocol import subscriber
 
 from .conftest import HERE, write_kernelspec
 from .kernel_client import KernelSocket, encode_v1

@@ -18,13 +18,12 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from jupyter_client.session import Session
 
 from ..supervisor import wire
-from ..supervisor.activity import DELIMITER, receive
 from ..supervisor.client import SupervisorClient
-from ..supervisor.errors import GatewayError, OutOfFiles
-from ..supervisor.progress import ProgressMap
-from ..supervisor.wire import kernel_url
+from ..kernel_protocol import DELIMITER, kernel_url, message_body, receive
+from ..errors import GatewayError, OutOfFiles
+from ..progress import ProgressMap
 from .auth import origin_allowed
-from .feeds import IOPubFeed, message_body, signed
+from .feeds import IOPubFeed, signed
 from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_legacy, encode_v1
 from .keys import CONFIG, DEPARTING, FEEDS, HANDED_BACK, PROGRESS, RELAYED, SUPERVISOR, ZMQ_CONTEXT
 from .limits import check_open_files, files_in_use, is_out_of_files, out_of_files

@@ -7,7 +7,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from ..supervisor.errors import (
+from ..errors import (
     BadRequest,
     ExecutionNotFound,
     GatewayError,

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..supervisor.errors import BadRequest, GatewayError
+from ..errors import BadRequest, GatewayError
 from ..supervisor.wire import WireError
 from .errors import error_response
 from .handlers import json_body

@@ -18,8 +18,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
-from ..supervisor.activity import DELIMITER, WELCOME, WELCOME_TYPE, message_type, receive, subscriber
-from ..supervisor.wire import kernel_url
+from ..kernel_protocol import is_welcome, kernel_url, message_body, prove_live, receive, subscriber
 
 if TYPE_CHECKING:
     from .channels import KernelConnection
@@ -29,22 +28,9 @@ log = logging.getLogger("kernels_gateway.channels")
 NUDGE_TIMEOUT = 10.0
 # A kernel that greets subscriptions does so within a millisecond or two; past this, it is asked.
 WELCOME_WAIT = 0.05
+PROBE_WAIT = 0.2  # then how long each kernel_info request's status may take to come through
 # Seconds ZMQ may take to deliver the request for a tracked status after a restart.
 TRACKED_STATUS_LINGER = 1.0
-
-
-def message_body(parts: list[bytes]) -> list[bytes] | None:
-    """header, parent_header, metadata, content, *buffers: what follows the delimiter and signature."""
-    try:
-        body = parts[parts.index(DELIMITER) + 2 :]
-    except ValueError:
-        return None
-    return body if len(body) >= 4 else None
-
-
-def is_welcome(header: bytes) -> bool:
-    """Whether a header is an iopub_welcome's; the substring test keeps JSON off the hot path."""
-    return message_type(header, WELCOME_TYPE) == WELCOME
 
 
 def signed(session: Session, msg: dict[str, Any]) -> list[bytes]:
@@ -80,13 +66,10 @@ class IOPubFeed:
                 self._follower = asyncio.create_task(self._follow(), name=f"events-{self.kernel_id}")
 
     async def _nudge(self) -> None:
-        """Wait until something arrives on the iopub socket: the kernel's welcome, or else the status
-        messages of kernel_info requests sent until one comes through.
-
-        A SUB socket misses whatever the kernel publishes before its subscription has propagated; only
-        once a message has come through can a cell's first output be trusted to arrive. Requests go on
-        throwaway sockets so their replies reach no client; control answers even while shell is busy.
-        """
+        """Wait until something arrives on the iopub socket (kernel_protocol.prove_live): the kernel's
+        welcome, or else the status messages of kernel_info requests sent until one comes through.
+        Requests go on throwaway sockets so their replies reach no client; control answers even while
+        shell is busy."""
         self._heard.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._heard.wait(), WELCOME_WAIT)
@@ -97,15 +80,16 @@ class IOPubFeed:
             probe.linger = 0
             probe.connect(kernel_url(self.info, channel))
             probes.append(probe)
+
+        async def ask() -> None:
+            for probe in probes:
+                with contextlib.suppress(zmq.Again):  # a kernel that reads nothing: ask again later
+                    await probe.send_multipart(signed(self.session, self.session.msg("kernel_info_request")),
+                                               zmq.NOBLOCK)
+
         try:
             async with asyncio.timeout(NUDGE_TIMEOUT):
-                while not self._heard.is_set():
-                    for probe in probes:
-                        with contextlib.suppress(zmq.Again):  # a kernel that reads nothing: ask again later
-                            await probe.send_multipart(signed(self.session, self.session.msg("kernel_info_request")),
-                                                       zmq.NOBLOCK)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._heard.wait(), 0.2)
+                await prove_live(self._heard, ask, PROBE_WAIT)
         except TimeoutError:
             log.warning("Kernel %s: no iopub message within %g s; relaying anyway", self.kernel_id, NUDGE_TIMEOUT)
         finally:

@@ -25,8 +25,9 @@ import json
 import struct
 from typing import Any
 
+from ..kernel_protocol import CHANNELS
+
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
-CHANNELS = frozenset({"shell", "control", "stdin", "iopub"})
 MESSAGE_PARTS = 4  # header, parent_header, metadata, content
 
 

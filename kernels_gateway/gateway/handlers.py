@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..supervisor.errors import BadRequest, KernelSpecNotFound, SupervisorUnavailable
+from ..errors import BadRequest, KernelSpecNotFound, SupervisorUnavailable
 from .auth import public
 from .keys import API_SPEC, CONFIG, SUPERVISOR
 

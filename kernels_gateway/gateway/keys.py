@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..supervisor.client import SupervisorClient
-from ..supervisor.progress import ProgressMap
+from ..progress import ProgressMap
 
 if TYPE_CHECKING:
     from .metrics import RelayCounts

@@ -20,7 +20,7 @@ import time
 
 from aiohttp import web
 
-from ..supervisor.errors import OutOfFiles
+from ..errors import OutOfFiles
 from .keys import CONFIG
 
 log = logging.getLogger("kernels_gateway.web")

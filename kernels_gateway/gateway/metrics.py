@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ..supervisor.client import SupervisorClient
-from ..supervisor.errors import GatewayError
+from ..errors import GatewayError
 from .frames import CHANNELS
 from .keys import RELAYED, SUPERVISOR
 

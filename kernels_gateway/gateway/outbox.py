@@ -23,7 +23,7 @@ from collections import deque
 from datetime import datetime, timezone
 from uuid import uuid4
 
-from ..supervisor.activity import STATUS_TYPE, message_type
+from ..kernel_protocol import STATUS_TYPE, message_type
 from ..turns import BULK, Pace
 
 log = logging.getLogger("kernels_gateway.channels")

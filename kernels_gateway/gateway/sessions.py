@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..supervisor.errors import KernelSpecNotFound, KernelStartFailed
+from ..errors import KernelSpecNotFound, KernelStartFailed
 from .handlers import json_body
 from .keys import CONFIG, SUPERVISOR
 

@@ -12,81 +12,21 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
-from typing import Any
 
-import zmq
 import zmq.asyncio
 
-from ..turns import BULK, IN_A_ROW
+from ..kernel_protocol import DELIMITER, STATUS_TYPE, is_welcome, message_type, receive
 from .replay import Replay, ReplayLimits
-from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
-DELIMITER = b"<IDS|MSG>"
-# What a kernel with an XPUB iopub socket (ipykernel 7 and later) sends each new subscription.
-WELCOME = "iopub_welcome"
-# Substrings that a header of these types must contain: tested before any JSON is parsed, so that the
-# stream messages of a flood cost no parsing at all.
-WELCOME_TYPE = f'"{WELCOME}"'.encode()
-STATUS_TYPE = b'"status"'
-# How much one socket may hand over in a row at most, beside the share of the turn (`turns.py`).
-BATCH_BYTES = 1 << 20
 # Requests that clients and the gateway send while a kernel runs a cell (control answers even then):
 # the busy/idle they cause says nothing about the kernel's work, as Jupyter Server also decided.
 UNTRACKED = frozenset({
     "comm_info_request", "kernel_info_request", "shutdown_request", "interrupt_request", "debug_request",
     "history_request", "usage_request", "inspect_request", "complete_request", "is_complete_request",
 })
-
-
-def subscriber(context: zmq.asyncio.Context, connection_info: dict[str, Any], rcvhwm: int = 1000) -> zmq.asyncio.Socket:
-    """A SUB socket for everything on a kernel's iopub, which the kernel greets once it is live.
-
-    A kernel with an XPUB iopub socket greets each subscription it hears of, but XPUB passes on only
-    a topic's first subscription, and everyone subscribes to everything (b""): so each socket also
-    subscribes to a topic of its own. A kernel that greets nobody is asked for kernel_info instead.
-    """
-    sub = context.socket(zmq.SUB)
-    sub.linger = 0
-    sub.rcvhwm = rcvhwm
-    sub.reconnect_ivl = KERNEL_RECONNECT_MS
-    sub.subscribe(b"")
-    sub.subscribe(f"kernels-gateway.{uuid.uuid4().hex}".encode())
-    sub.connect(kernel_url(connection_info, "iopub"))
-    return sub
-
-
-async def receive(sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], None]) -> None:
-    """Hand every message of `sock` to `handle`, forever, as bulk work (`turns.py`): once messages are
-    queued, wait for a turn with room in the process's share, take what is queued up to the batch's
-    bound or the share's without waiting, count the time spent, and start over. (An await on a socket
-    with messages queued returns without yielding: a kernel printing in a loop would otherwise keep the
-    event loop to itself.)"""
-    queued = zmq.Socket.shadow(sock.underlying)  # plain non-blocking reads: no future per message
-    while True:
-        await sock.poll()
-        await BULK.turn()
-        began = time.perf_counter()
-        count = size = 0
-        try:
-            while count < IN_A_ROW and size < BATCH_BYTES and BULK.room(began):
-                parts = queued.recv_multipart(zmq.NOBLOCK)
-                count, size = count + 1, size + sum(map(len, parts))
-                handle(parts)
-        except zmq.Again:
-            pass
-        BULK.spend(began)
-        # The socket's file descriptor is edge-triggered, and reads behind pyzmq's back may have taken
-        # the edge that a send or poll waiting on the same socket needed: asking pyzmq for the events wakes it.
-        sock.get(zmq.EVENTS)
-
-
-def message_type(header: bytes, expected: bytes) -> str | None:
-    """The msg_type of a header that may be of type `expected` (its quoted name), parsed only then."""
-    return json.loads(header).get("msg_type") if expected in header else None
 
 
 class IOPub:
@@ -118,7 +58,7 @@ class IOPub:
         if self.observer is not None:
             self.observer(parts)
         header = parts[0]
-        if message_type(header, WELCOME_TYPE) == WELCOME:
+        if is_welcome(header):
             return  # the kernel greeting a subscription: not activity, and for no client
         now = time.time()
         self.last_activity = now

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import operations, wire
-from .errors import GatewayError, SupervisorUnavailable, from_wire
+from ..errors import GatewayError, SupervisorUnavailable, from_wire
 
 log = logging.getLogger("kernels_gateway.client")
 
@@ -24,16 +24,13 @@ QUICK = 5.0
 
 
 def deadlines(start_timeout: float, shutdown_wait: float) -> dict[str, float]:
-    """The one table of how long an operation may take before the supervisor counts as unreachable;
-    QUICK for any other. A start waits for the kernel's start timeout; a shutdown for its shutdown
-    request, then SIGTERM, then SIGKILL; a restart for both. A session may start a kernel and shut
-    another down."""
-    start = start_timeout + QUICK
-    shutdown = 2 * shutdown_wait + QUICK
-    return {"start": start, "shutdown": shutdown, "restart": start + shutdown,
-            "session_create": start + shutdown, "session_update": start + shutdown, "session_delete": shutdown,
-            # a returning session's position may take a moment to reach the supervisor's own iopub
-            "connection_opened": QUICK + wire.FIND_TIMEOUT}
+    """How long each operation that waits (operations.py says for what) may take before the supervisor
+    counts as unreachable; QUICK for any other. A start waits for the kernel's start timeout; a shutdown
+    for its shutdown request, then SIGTERM, then SIGKILL; a returning session's position may take a
+    moment to reach the supervisor's own iopub."""
+    waits = {"start": start_timeout + QUICK, "shutdown": 2 * shutdown_wait + QUICK,
+             "position": QUICK + wire.FIND_TIMEOUT}
+    return {op.name: sum(waits[w] for w in op.waits) for op in operations.OPERATIONS.values() if op.waits}
 
 
 class SupervisorClient:

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import metrics
-from .errors import KernelNotFound
+from ..errors import KernelNotFound
 
 if TYPE_CHECKING:
     from .kernels import Kernels

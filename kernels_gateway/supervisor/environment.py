@@ -7,9 +7,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import BadRequest
+from ..config import Config
+from ..errors import BadRequest
 
 MAX_ENV_VALUE = 32 * 1024
+# Variables that belong to the gateway or to the service manager, never to a kernel. Every variable of
+# the gateway's own configuration is among them, since some of it is secret (a token).
+SECRET_ENV = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"})
+SECRET_ENV_PREFIXES = ("KERNELS_GATEWAY_", "KG_")
 # A kernel's id is the gateway's to choose; provisioners (and Jupyter Server's clients) read it from
 # KERNEL_ID, so a request setting it would pass for another kernel.
 RESERVED = frozenset({"KERNEL_ID"})
@@ -17,6 +22,11 @@ RESERVED = frozenset({"KERNEL_ID"})
 # control character (a newline in a name breaks `env` output and whatever parses it, such as a
 # provisioner writing the environment into a pod or a script).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_secret(name: str) -> bool:
+    """Whether a variable of the gateway's environment is the gateway's own (or its service manager's)."""
+    return name in SECRET_ENV or name.startswith(SECRET_ENV_PREFIXES)
 
 
 def _encodable(text: str) -> bool:
@@ -32,6 +42,12 @@ class EnvironmentPolicy:
     allow: frozenset[str] = frozenset()
     inherit: frozenset[str] = frozenset()  # empty: inherit every name but the secrets
     secret: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, config: Config) -> EnvironmentPolicy:
+        """The policy of --env-allow and --env-inherit, with the gateway's own variables kept secret."""
+        return cls(frozenset(config.env_allow), frozenset(config.env_inherit),
+                   frozenset(name for name in os.environ if is_secret(name)))
 
     def requested(self, requested: Mapping[str, str]) -> dict[str, str]:
         """The names of a start request's env that may reach the kernel; others are dropped. Its shape,

@@ -31,10 +31,10 @@ import zmq
 import zmq.asyncio
 
 from . import metrics
-from .errors import ExecutionNotFound, InputNotPending, KernelBusy, KernelNotFound
+from ..kernel_protocol import KERNEL_RECONNECT_MS, kernel_url
+from ..errors import ExecutionNotFound, InputNotPending, KernelBusy, KernelNotFound
 from .kernels import Kernels
 from .launcher import Kernel
-from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
 

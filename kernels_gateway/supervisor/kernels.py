@@ -24,7 +24,7 @@ from ..config import Config
 
 from . import adoption, liveness, metrics, remote
 from .environment import EnvironmentPolicy
-from .errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
+from ..errors import KernelLimit, KernelNotFound, KernelSpecNotFound, KernelStartFailed
 from .launcher import Kernel, Launcher
 from .pool import WarmPool
 from .records import DEAD, RESTARTING, RUNNING, Records, valid_kernel_id
@@ -48,12 +48,11 @@ def _on_host(kernel: Kernel) -> str:
 
 
 class Kernels:
-    def __init__(self, config: Config, seed: Seed | None = None, secret_env: frozenset[str] = frozenset()):
-        """`secret_env`: names of the supervisor's environment that no kernel inherits."""
+    def __init__(self, config: Config, seed: Seed | None = None):
         self.config = config
         self.specs = KernelSpecManager()
         self.records = Records(config.runtime_dir)
-        self.env = EnvironmentPolicy(frozenset(config.env_allow), frozenset(config.env_inherit), secret_env)
+        self.env = EnvironmentPolicy.of(config)
         self.listeners: set[Listener] = set()
         self._kernels: dict[str, Kernel] = {}
         self._starting = 0

@@ -28,15 +28,15 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from . import adoption, liveness
 from ..config import Config
-from .activity import IOPub, ReplayLimits, subscriber
+from ..kernel_protocol import KERNEL_RECONNECT_MS, kernel_url, prove_live, subscriber
+from .activity import IOPub, ReplayLimits
 from .environment import EnvironmentPolicy
-from .errors import KernelStartFailed
+from ..errors import KernelStartFailed
 from .output import KernelOutput
 from .process import lower_priority, start_time
 from .records import RUNNING, STARTING, Records
 from .remote import host_of
 from .seed import Seed
-from .wire import KERNEL_RECONNECT_MS, kernel_url
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
@@ -232,31 +232,25 @@ class Launcher:
 
     async def _wait_ready(self, kernel: Kernel) -> None:
         """Ask for kernel_info until a reply comes back on shell and our iopub socket has heard from
-        the kernel.
-
-        The iopub half matters: a SUB socket misses what is published before its subscription has
-        propagated, so only a message that came through proves that state tracking is live. A kernel
-        with an XPUB iopub socket greets the subscription itself; an older one proves it with the
-        status messages around a kernel_info request, hence the request again after a short wait.
-        One request is outstanding at a time (ZMQ queues it until the kernel binds), so no stray
-        replies follow.
+        the kernel (kernel_protocol.prove_live): then state tracking is live. One request is outstanding
+        at a time (ZMQ queues it until the kernel binds), so no stray replies follow.
         """
         kernel.iopub.heard.clear()
         shell = self.zmq.socket(zmq.DEALER)
         shell.linger = 0
         shell.reconnect_ivl = KERNEL_RECONNECT_MS
         shell.connect(kernel_url(kernel.connection_info(), "shell"))
+
+        async def ask() -> None:
+            kernel.manager.session.send(shell, "kernel_info_request")
+            while not await shell.poll(1000):
+                if not await kernel.manager.is_alive():
+                    raise KernelStartFailed("the kernel process exited during start-up")
+            await shell.recv_multipart()
+
         try:
             async with asyncio.timeout(self.config.kernel_start_timeout):
-                while True:
-                    kernel.manager.session.send(shell, "kernel_info_request")
-                    while not await shell.poll(1000):
-                        if not await kernel.manager.is_alive():
-                            raise KernelStartFailed("the kernel process exited during start-up")
-                    await shell.recv_multipart()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(kernel.iopub.heard.wait(), IOPUB_PROOF_WAIT)
-                        return
+                await prove_live(kernel.iopub.heard, ask, IOPUB_PROOF_WAIT)
         except TimeoutError:
             raise KernelStartFailed(f"no reply within {self.config.kernel_start_timeout:g} s") from None
         finally:

@@ -16,13 +16,12 @@ import signal
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..config import Config
-from ..errors import CannotStart
+from ..errors import CannotStart, GatewayError
 from ..systemd import Notifier
 from . import remote
 from .adoption import adopt_all
 from .client import SupervisorClient
 from .culler import cull
-from .errors import GatewayError
 from .executions import ExecutionLimits
 from .fork_provisioner import start_templates
 from .kernels import Kernels
@@ -35,18 +34,9 @@ from .server import SupervisorServer
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
-# Variables that belong to the gateway or to the service manager, never to a kernel. Every variable of
-# the gateway's own configuration is among them, since some of it is secret (a token).
-SECRET_ENV = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"})
-SECRET_ENV_PREFIXES = ("KERNELS_GATEWAY_", "KG_")
 # How long a supervisor that agreed to hand its kernels over may take to let go of the runtime directory
 # (it may have begun to shut them down when it was asked).
 HAND_OVER_TIMEOUT = 30.0
-
-
-def secret_env() -> frozenset[str]:
-    """The names of the supervisor's environment that no kernel inherits."""
-    return SECRET_ENV | {name for name in os.environ if name.startswith(SECRET_ENV_PREFIXES)}
 
 
 def prepare_runtime_dir(config: Config) -> None:
@@ -95,7 +85,7 @@ async def _serve(config: Config) -> None:
     seed = await load_seed(config.seed_uri, KernelSpecManager()) if config.seed_uri else None
     if seed:
         log.info("Seeding %s kernels with %d cell(s) of %s", seed.language, len(seed.cells), seed.uri)
-    kernels = Kernels(config, seed, secret_env())
+    kernels = Kernels(config, seed)
     templates = await start_templates(kernels, config.fork, config.preload, config.kernel_name)
     limits = ExecutionLimits(max_bytes=config.execution_bytes, max_age=config.execution_age)
     server = SupervisorServer(kernels, config.socket_path, limits)

@@ -23,7 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client import disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .errors import BadRequest, KernelStartFailed
+from ..errors import BadRequest, KernelStartFailed
+from ..kernel_protocol import CHANNELS
 from .remote import host_of
 
 disable_created_metrics()  # a `_created` series per counter would double the output for little use
@@ -71,7 +72,6 @@ BYTES_RELAYED = Counter(
     ["direction", "channel"], registry=REGISTRY,
 )
 DIRECTIONS = frozenset({"to_client", "to_kernel"})
-CHANNELS = frozenset({"shell", "control", "stdin", "iopub"})
 
 
 class KernelsCollector:

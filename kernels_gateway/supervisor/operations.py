@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 Check = Callable[[str, Any], Any]
 
@@ -53,6 +53,9 @@ class Operation:
     args: Mapping[str, Check]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)  # an argument's name in messages, if not its own
+    # What the operation may wait for besides the supervisor's answer, which makes its deadline
+    # (supervisor/client.py): a kernel's start, a kernel's shutdown, a session's read position.
+    waits: tuple[str, ...] = ()
 
     def check(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments this operation takes, each checked; others are dropped."""
@@ -61,8 +64,8 @@ class Operation:
 
 
 def _op(op: str, /, *names: str, defaults: Mapping[str, Any] | None = None,
-        labels: Mapping[str, str] | None = None, **checks: Check) -> Operation:
-    return Operation(op, {**{n: anything for n in names}, **checks}, defaults or {}, labels or {})
+        labels: Mapping[str, str] | None = None, waits: tuple[str, ...] = (), **checks: Check) -> Operation:
+    return Operation(op, {**{n: anything for n in names}, **checks}, defaults or {}, labels or {}, waits)
 
 
 KERNEL = ("kernel_id",)  # a kernel's id is checked where it is looked up (records.valid_kernel_id)
@@ -72,14 +75,14 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     _op("ping"),
     _op("status"),
     _op("kernelspecs"),
-    _op("start", name=text, env=strings),
+    _op("start", name=text, env=strings, waits=("start",)),
     _op("list"),
     _op("get", *KERNEL),
-    _op("shutdown", *KERNEL),
+    _op("shutdown", *KERNEL, waits=("shutdown",)),
     _op("interrupt", *KERNEL),
-    _op("restart", *KERNEL),
+    _op("restart", *KERNEL, waits=("start", "shutdown")),
     _op("connection_info", *KERNEL),
-    _op("connection_opened", *KERNEL, "progress", "replay", session_id=text, connection=text),
+    _op("connection_opened", *KERNEL, "progress", "replay", session_id=text, connection=text, waits=("position",)),
     _op("connection_closed", *KERNEL, session_id=text, connection=text, last_msg_id=text),
     _op("replay_join", *KERNEL, session_id=text, until=text),
     _op("session_reply", *KERNEL, "channel", "parts", session_id=text),
@@ -87,11 +90,12 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     _op("metrics"),
     _op("relayed", "counts", "opened", defaults={"opened": 0}),
     _op("hand_over"),
-    _op("session_create", **{**SESSION, "path": required_field, "type": required_field}),
+    _op("session_create", **{**SESSION, "path": required_field, "type": required_field},
+        waits=("start", "shutdown")),
     _op("session_list"),
     _op("session_get", "session_id"),
-    _op("session_update", "session_id", **SESSION),
-    _op("session_delete", "session_id"),
+    _op("session_update", "session_id", **SESSION, waits=("start", "shutdown")),
+    _op("session_delete", "session_id", waits=("shutdown",)),
     _op("execute_submit", *KERNEL, "stream", code=required_text, metadata=an_object, timeout=seconds),
     _op("execute_get", *KERNEL, "request_id"),
     _op("execute_wait", *KERNEL, "request_id", after=integer, defaults={"after": 0}),

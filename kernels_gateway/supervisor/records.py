@@ -23,8 +23,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from ..errors import CannotStart
-from .errors import KernelNotFound
+from ..errors import CannotStart, KernelNotFound
 
 log = logging.getLogger("kernels_gateway.supervisor")
 

@@ -26,7 +26,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.provisioning import KernelProvisionerFactory
 
-from .errors import BadRequest
+from ..errors import BadRequest
 from .liveness import alive, is_remote
 
 log = logging.getLogger("kernels_gateway.supervisor")

@@ -17,10 +17,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from .activity import DELIMITER
-from .wire import KERNEL_RECONNECT_MS, kernel_url
-
-CHANNELS = ("shell", "control", "stdin")
+from ..kernel_protocol import KERNEL_RECONNECT_MS, REPLY_CHANNELS, kernel_url, message_body
 
 
 async def collect(context: zmq.asyncio.Context, info: dict[str, Any], identity: bytes, requests: int,
@@ -30,7 +27,7 @@ async def collect(context: zmq.asyncio.Context, info: dict[str, Any], identity: 
     sockets = {}
     poller = zmq.asyncio.Poller()
     try:
-        for channel in CHANNELS:
+        for channel in REPLY_CHANNELS:
             sock = sockets[channel] = context.socket(zmq.DEALER)
             sock.linger = 0
             sock.identity = identity
@@ -43,11 +40,10 @@ async def collect(context: zmq.asyncio.Context, info: dict[str, Any], identity: 
                 while requests > 0:
                     for sock, _ in await poller.poll():
                         parts = await sock.recv_multipart()
-                        with contextlib.suppress(ValueError):
-                            body = parts[parts.index(DELIMITER) + 2 :]
-                            if len(body) >= 4:
-                                requests -= channel_of[sock] != "stdin"
-                                deliver(channel_of[sock], body)
+                        body = message_body(parts)
+                        if body is not None:
+                            requests -= channel_of[sock] != "stdin"
+                            deliver(channel_of[sock], body)
     finally:
         for sock in sockets.values():
             sock.close()

@@ -20,9 +20,8 @@ import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.session import Session
 
-from ..errors import CannotStart
-from .errors import KernelStartFailed
-from .wire import KERNEL_RECONNECT_MS, kernel_url
+from ..kernel_protocol import KERNEL_RECONNECT_MS, kernel_url
+from ..errors import CannotStart, KernelStartFailed
 
 FETCH_TIMEOUT = 30.0
 

@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import CannotStart
-from . import metrics, operations, progress, replies, wire
-from .errors import BadRequest, GatewayError, KernelBusy, SupervisorUnavailable
+from .. import progress
+from ..kernel_protocol import REPLY_CHANNELS
+from ..errors import BadRequest, CannotStart, GatewayError, KernelBusy, SupervisorUnavailable
+from . import metrics, operations, replies, wire
 from .executions import ExecutionLimits, Executions
 from .kernels import Kernels
 from .records import valid_kernel_id
@@ -28,7 +29,6 @@ log = logging.getLogger("kernels_gateway.supervisor")
 _PEERCRED = struct.Struct("3i")
 CLOSE_TIMEOUT = 2.0
 PROGRESS_FILE = re.compile(r"progress-[0-9]{1,10}")
-REPLY_CHANNELS = frozenset({"shell", "control", "stdin"})
 
 
 class Client:

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadRequest, KernelNotFound, SessionNotFound
+from ..errors import BadRequest, KernelNotFound, SessionNotFound
 from .kernels import Kernels
 from .records import KERNEL_ID
 

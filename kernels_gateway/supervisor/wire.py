@@ -86,15 +86,3 @@ def unpack_parts(packed: list[str]) -> list[bytes]:
 # How long the supervisor may wait, answering a returning websocket's connection_opened, for its own
 # iopub socket to hear the message the client last read: the web half's deadline allows for it.
 FIND_TIMEOUT = 5.0
-
-# How often a socket retries a kernel endpoint not yet (or no longer) bound, in ms: ZMQ's 100 would add
-# up to that to each kernel start and restart.
-KERNEL_RECONNECT_MS = 10
-
-
-def kernel_url(connection_info: dict[str, Any], channel: str) -> str:
-    """The ZMQ endpoint of one of a kernel's channels, from its connection info."""
-    port = connection_info[f"{channel}_port"]
-    if connection_info["transport"] == "tcp":
-        return f"tcp://{connection_info['ip']}:{port}"
-    return f"{connection_info['transport']}://{connection_info['ip']}-{port}"

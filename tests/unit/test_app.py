@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from kernels_gateway.config import Config
 from kernels_gateway.gateway.app import make_app
-from kernels_gateway.supervisor.errors import KernelNotFound, SupervisorUnavailable
+from kernels_gateway.errors import KernelNotFound, SupervisorUnavailable
 
 from ..conftest import free_port
 from ..helpers import FakeSupervisor, assert_error

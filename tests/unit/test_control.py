@@ -11,7 +11,7 @@ import pytest
 
 from kernels_gateway.config import Config
 from kernels_gateway.supervisor.client import SupervisorClient
-from kernels_gateway.supervisor.errors import BadRequest, KernelBusy, KernelNotFound, SupervisorUnavailable
+from kernels_gateway.errors import BadRequest, KernelBusy, KernelNotFound, SupervisorUnavailable
 from kernels_gateway.supervisor.kernels import Kernels
 from kernels_gateway.supervisor.server import SupervisorServer
 

@@ -7,7 +7,7 @@ import pytest
 
 from kernels_gateway.gateway.metrics import TO_CLIENT, TO_KERNEL, RelayCounts
 from kernels_gateway.supervisor import metrics
-from kernels_gateway.supervisor.errors import BadRequest, SupervisorUnavailable
+from kernels_gateway.errors import BadRequest, SupervisorUnavailable
 
 
 class Supervisor:

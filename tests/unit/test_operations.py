@@ -7,8 +7,8 @@ import pytest
 
 from kernels_gateway.config import Config
 from kernels_gateway.supervisor import operations
-from kernels_gateway.supervisor.client import SupervisorClient
-from kernels_gateway.supervisor.errors import BadRequest
+from kernels_gateway.supervisor.client import QUICK, SupervisorClient, deadlines
+from kernels_gateway.errors import BadRequest
 from kernels_gateway.supervisor.kernels import Kernels
 from kernels_gateway.supervisor.server import SupervisorServer
 
@@ -53,3 +53,10 @@ def test_arguments_get_their_defaults_and_undeclared_ones_are_dropped():
     assert operations.check("execute_wait", {"kernel_id": "k", "request_id": "r", "extra": 1}) == {
         "kernel_id": "k", "request_id": "r", "after": 0}
     assert operations.check("start", {}) == {"name": None, "env": None}
+
+
+def test_the_deadlines_follow_what_each_operation_waits_for():
+    start, shutdown = 60 + QUICK, 2 * 5 + QUICK
+    assert deadlines(60, 5) == {"start": start, "shutdown": shutdown, "restart": start + shutdown,
+                                "session_create": start + shutdown, "session_update": start + shutdown,
+                                "session_delete": shutdown, "connection_opened": QUICK + 5.0}

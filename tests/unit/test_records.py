@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from kernels_gateway.supervisor.adoption import live_processes
-from kernels_gateway.supervisor.errors import BadRequest
+from kernels_gateway.errors import BadRequest
 from kernels_gateway.supervisor.environment import EnvironmentPolicy
 from kernels_gateway.supervisor.process import start_time
 from kernels_gateway.supervisor.records import RUNNING, STARTING, Records, UntrustedPath, own_directory

@@ -7,7 +7,7 @@ import json
 import struct
 import time
 
-from kernels_gateway.supervisor import progress
+from kernels_gateway import progress
 from kernels_gateway.supervisor.replay import Replay, ReplayLimits, memory_cost
 
 

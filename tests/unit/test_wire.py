@@ -41,10 +41,3 @@ async def test_broken_frames(data, error):
 def test_oversized_bodies_are_not_sent():
     with pytest.raises(wire.WireError):
         wire.encode({"blob": "x" * wire.MAX_FRAME})
-
-
-def test_kernel_urls():
-    ipc = {"transport": "ipc", "ip": "/run/k-1", "shell_port": 3}
-    tcp = {"transport": "tcp", "ip": "127.0.0.1", "shell_port": 5555}
-    assert wire.kernel_url(ipc, "shell") == "ipc:///run/k-1-3"
-    assert wire.kernel_url(tcp, "shell") == "tcp://127.0.0.1:5555"
