@@ -9,7 +9,7 @@ import time
 import zmq
 import zmq.asyncio
 
-from kernels_gateway.supervisor.activity import receive
+from kernels_gateway.kernel_protocol import receive
 from kernels_gateway.turns import BULK, SHARE_SECONDS
 
 SOCKETS = 20
