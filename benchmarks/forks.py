@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
 
 from .results import Results, describe, median
 from .settings import Settings
 from .starts import first_reply
-from .targets import KG, THIS, Fleet, ThisGateway, kernels_of, settled_kernels
+from .targets import KG, THIS, Fleet, ThisGateway, kernels_of, proc_bytes, settled_kernels
 
 FORK = "fork"
 FORKED = ("--pool", "none", "--fork", "python", "--preload", "numpy")
@@ -21,13 +20,6 @@ FORKED = ("--pool", "none", "--fork", "python", "--preload", "numpy")
 FORKED_PLAIN = ("--pool", "none", "--fork", "python")
 LAUNCHED = ("--pool", "none", "--fork", "none")
 PSS_KERNELS = 3
-
-
-def pss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 async def fork(fleet: Fleet, settings: Settings, results: Results) -> None:
@@ -99,7 +91,7 @@ async def _memory(target, kind: str, settings: Settings, results: Results) -> No
         sizes = []
         for pid in kernels_of(target.folder):
             with contextlib.suppress(OSError):
-                sizes.append(pss_bytes(pid) / 2**20)
+                sizes.append(proc_bytes(f"/proc/{pid}/smaps_rollup", "Pss") / 2**20)
         results.record(FORK, _measure("idle kernel's PSS", kind), target.name, round(median(sizes) or 0, 1), "MiB", sizes)
     finally:
         await asyncio.gather(*(target.delete_kernel(k) for k in kernels), return_exceptions=True)

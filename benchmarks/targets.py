@@ -38,11 +38,16 @@ STOP_GRACE = 40.0
 # -- processes, seen through /proc -------------------------------------------------------------
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def proc_bytes(path: str, field: str) -> int:
+    """A size in kB that a /proc file (status, smaps_rollup) gives on the line `field:`, in bytes."""
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    return proc_bytes(f"/proc/{pid}/status", "VmRSS")
 
 
 def children(pid: int) -> dict[int, str]:
@@ -60,28 +65,27 @@ def children(pid: int) -> dict[int, str]:
     return found
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Processes whose command line names `text`: the kernels whose connection files live in a folder."""
-    pids = []
+def _command_lines() -> dict[int, str]:
+    """Every other process's command line, its arguments joined by spaces."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
-            if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                pids.append(int(entry.name))
-    return pids
+            found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return found
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line names `text`: for a folder, its kernels and the server's own processes."""
+    return [pid for pid, line in _command_lines().items() if text in line]
 
 
 def kernels_of(folder: Path) -> list[int]:
-    """The kernel processes among those: the ones whose command line names a connection file there (the
+    """The kernel processes of a folder: those whose command line names a connection file there (the
     server's own processes name only the folder)."""
     named = re.compile(re.escape(f"{folder}/") + r"\S+\.json")
-    pids = []
-    for pid in processes_mentioning(f"{folder}/"):
-        with contextlib.suppress(OSError):
-            if named.search(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()):
-                pids.append(pid)
-    return pids
+    return [pid for pid, line in _command_lines().items() if named.search(line)]
 
 
 def cpu_ticks(pid: int) -> int:
