@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -57,6 +58,7 @@ async def serve(config: Config) -> None:
             if config.fd < 0:  # the arbiter logs the address of the socket it shares
                 for address in inherited or [None]:
                     log.info("Serving at %s", _site_url(config, address))
+            gc.freeze()  # what start-up built lives as long as the process: no full collection walks it
             notifier.ready()
             await stop.wait()
         finally:

@@ -9,6 +9,7 @@ lets go of everything without stopping a kernel, and the new one adopts them fro
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -106,6 +107,7 @@ async def _serve(config: Config) -> None:
             kernels.pool.start()
             if config.cull_idle_timeout > 0:
                 culler = asyncio.create_task(cull(kernels), name="culler")
+            gc.freeze()  # what start-up built lives as long as the process: no full collection walks it
             notifier.ready()
             if await _until_stopped_or_orphaned(stop, config.arbiter_pid):
                 handed_over = await _wait_for_successor(config, server, stop, len(kernels.list()))

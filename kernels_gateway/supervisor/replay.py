@@ -50,12 +50,13 @@ class ReplayLimits:
     max_age: float = 120.0
 
 
-@dataclass
-class Entry:
-    seq: int
-    time: float
-    end: int  # bytes of the kernel's output up to and including this message
-    parts: list[bytes]  # header, parent_header, metadata, content, *buffers
+# A buffered message is one flat tuple: seq, time, end (the bytes of the kernel's output up to and
+# including it), then its parts (header, parent_header, metadata, content, *buffers). Python's garbage
+# collector stops tracking a tuple of numbers and bytes; a flood buffers a hundred thousand messages, and
+# each full collection that walked them held the supervisor's loop for up to half a second.
+Entry = tuple
+SEQ, TIME, END, HEADER = range(4)
+PARTS = slice(HEADER, None)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class Replay:
         size = sum(map(len, parts))
         self._seq += 1
         self._end += size
-        self._buffer.append(Entry(self._seq, now, self._end, parts))
+        self._buffer.append((self._seq, now, self._end, *parts))
         self._buffered += memory_cost(parts)
         self._trim(now)
         if self._waiters:
@@ -102,15 +103,14 @@ class Replay:
 
     def _trim(self, now: float) -> None:
         oldest = now - self.limits.max_age
-        while self._buffer and (self._buffered > self.limits.max_bytes or self._buffer[0].time < oldest):
-            entry = self._buffer.popleft()
-            self._buffered -= memory_cost(entry.parts)
+        while self._buffer and (self._buffered > self.limits.max_bytes or self._buffer[0][TIME] < oldest):
+            self._buffered -= memory_cost(self._buffer.popleft()[PARTS])
 
     def _find(self, msg_id: str) -> Entry | None:
         """The newest buffered message with this id; the byte test keeps JSON off all but the match."""
         needle = msg_id.encode()
         for entry in reversed(self._buffer):
-            if needle in entry.parts[0] and json.loads(entry.parts[0]).get("msg_id") == msg_id:
+            if needle in entry[HEADER] and json.loads(entry[HEADER]).get("msg_id") == msg_id:
                 return entry
         return None
 
@@ -151,19 +151,19 @@ class Replay:
             entry = await self._find_soon(session.pending)
             if entry is None:  # the one earlier position known stands: repeats, never losses
                 log.warning("Session %s read a message this supervisor never heard; replaying from before it", session_id)
-            elif entry.seq > session.seq:
-                session.seq, session.end = entry.seq, entry.end
+            elif entry[SEQ] > session.seq:
+                session.seq, session.end = entry[SEQ], entry[END]
             session.pending = None
         self._trim(time.time())
         messages: list[tuple[str, list[bytes]]] = []
-        kept = [entry for entry in self._buffer if entry.seq > session.seq]
+        kept = [entry for entry in self._buffer if entry[SEQ] > session.seq]
         first_kept = kept[0] if kept else None
-        lost = (first_kept.seq if first_kept else self._seq + 1) - session.seq - 1
+        lost = (first_kept[SEQ] if first_kept else self._seq + 1) - session.seq - 1
         if lost > 0:
-            lost_bytes = (first_kept.end - sum(map(len, first_kept.parts)) if first_kept else self._end) - session.end
-            parent = first_kept.parts[1] if first_kept else b"{}"
+            lost_bytes = (first_kept[END] - sum(map(len, first_kept[PARTS])) if first_kept else self._end) - session.end
+            parent = first_kept[HEADER + 1] if first_kept else b"{}"
             messages.append(("iopub", notice(NOTICE.format(count=lost, size=lost_bytes), parent)))
-        messages += [("iopub", entry.parts) for entry in kept]
+        messages += [("iopub", list(entry[PARTS])) for entry in kept]
         messages += session.replies
         session.replies = []
         session.joined = self._seq
@@ -177,11 +177,11 @@ class Replay:
         entry = await self._find_soon(until)
         if session is None or entry is None:
             return [], None
-        if entry.seq > session.joined + 1:
-            return [e.parts for e in self._buffer if session.joined < e.seq < entry.seq], None
-        if entry.seq <= session.joined:
-            last = next((e for e in reversed(self._buffer) if e.seq == session.joined), None)
-            return [], json.loads(last.parts[0]).get("msg_id") if last else None
+        if entry[SEQ] > session.joined + 1:
+            return [list(e[PARTS]) for e in self._buffer if session.joined < e[SEQ] < entry[SEQ]], None
+        if entry[SEQ] <= session.joined:
+            last = next((e for e in reversed(self._buffer) if e[SEQ] == session.joined), None)
+            return [], json.loads(last[HEADER]).get("msg_id") if last else None
         return [], None
 
     def closed(self, session_id: str, connection: str, last_msg_id: str | None) -> None:
@@ -202,8 +202,8 @@ class Replay:
         entry = self._find(msg_id)
         if entry is None:
             session.pending = msg_id  # not heard here yet: looked up again on return
-        elif entry.seq > session.seq:
-            session.seq, session.end, session.pending = entry.seq, entry.end, None
+        elif entry[SEQ] > session.seq:
+            session.seq, session.end, session.pending = entry[SEQ], entry[END], None
 
     def reply(self, session_id: str, channel: str, parts: list[bytes]) -> bool:
         """A reply that reached a departed connection: kept for the session's return, unless the

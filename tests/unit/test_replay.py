@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import struct
 import time
@@ -133,3 +134,11 @@ def test_progress_round_trip_and_a_torn_slot_is_never_read(tmp_path):
     assert progress.read(str(tmp_path / "missing"), 0) == (None, 0)
     published.close()
     assert not path.exists()
+
+
+def test_buffered_messages_are_no_work_for_the_garbage_collector():
+    """A flood buffers a hundred thousand messages; a full collection walked every one of them."""
+    replay = Replay(ReplayLimits())
+    hear(replay, 1, 1000)
+    gc.collect()
+    assert not any(map(gc.is_tracked, replay._buffer))
