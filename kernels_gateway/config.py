@@ -133,7 +133,7 @@ class Config:
         5, "restarts of a kernel that keeps dying within 10 s of starting before it is declared dead", (SUPERVISOR,)
     )
     kernel_nice: int = _opt(
-        10, "niceness added to every local kernel's process (0-19; 0: none), so that kernels busy with their "
+        19, "niceness added to every local kernel's process (0-19; 0: none), so that kernels busy with their "
         "own work leave the gateway its turns", (SUPERVISOR,), parse=_niceness,
     )
     cull_idle_timeout: float = _opt(
