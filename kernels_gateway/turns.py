@@ -88,8 +88,8 @@ class Pace:
     """How a bulk task that takes one unit of work at a time (a frame, a message) spends from the share:
     `await pace.turn()` once a unit is at hand, `pace.done()` once it is handled."""
 
-    def __init__(self, share: Share):
-        self._share = share
+    def __init__(self):
+        self._share = BULK
         self._in_a_row = 0
         self._began = 0.0
 

@@ -28,7 +28,7 @@ from .frames import V1_PROTOCOL, FrameError, decode_legacy, decode_v1, encode_le
 from .keys import CONFIG, DEPARTING, FEEDS, HANDED_BACK, PROGRESS, RELAYED, SUPERVISOR, ZMQ_CONTEXT
 from .limits import check_open_files, files_in_use, is_out_of_files, out_of_files
 from .metrics import TO_CLIENT, TO_KERNEL, RelayCounts
-from ..turns import BULK, Pace
+from ..turns import Pace
 from .outbox import Outbox
 
 log = logging.getLogger("kernels_gateway.channels")
@@ -321,7 +321,7 @@ class KernelConnection:
     async def _from_client(self) -> None:
         # A frame that is already buffered is returned without yielding: a client sending without pause
         # must not keep the event loop to itself, so its frames are bulk work.
-        pace = Pace(BULK)
+        pace = Pace()
         try:
             while True:
                 pace.done()

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from uuid import uuid4
 
 from ..kernel_protocol import STATUS_TYPE, message_type
-from ..turns import BULK, Pace
+from ..turns import Pace
 
 log = logging.getLogger("kernels_gateway.channels")
 
@@ -46,7 +46,7 @@ class Outbox:
         self._dropped_bytes = 0
         self._dropped_parent = b"{}"
         self._reasons: dict[str, None] = {}  # in the order they happened
-        self._pace = Pace(BULK)  # sending what is handed out is bulk work
+        self._pace = Pace()  # sending what is handed out is bulk work
 
     def put(self, channel: str, body: list[bytes]) -> None:
         size = sum(map(len, body))

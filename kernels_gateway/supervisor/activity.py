@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import zmq.asyncio
 
-from ..kernel_protocol import DELIMITER, STATUS_TYPE, is_welcome, message_type, receive
+from ..kernel_protocol import STATUS_TYPE, is_welcome, message_body, message_type, receive
 from .replay import Replay, ReplayLimits
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -46,8 +46,11 @@ class IOPub:
             sub.close()
 
     def _received(self, parts: list[bytes]) -> None:
+        body = message_body(parts)
         try:
-            self._heard(parts[parts.index(DELIMITER) + 2 :])
+            if body is None:
+                raise ValueError("no message body")
+            self._heard(body)
         except (ValueError, IndexError, KeyError, TypeError, AttributeError):
             log.warning("Kernel %s: unreadable iopub message ignored", self.kernel_id)
 
