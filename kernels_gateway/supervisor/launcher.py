@@ -35,7 +35,7 @@ from ..errors import KernelStartFailed
 from .output import KernelOutput
 from .process import lower_priority, start_time
 from .records import RUNNING, STARTING, Records
-from .remote import host_of
+from .remote import host_of, prepare
 from .seed import Seed
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -204,6 +204,7 @@ class Launcher:
             shutdown_wait_time=self.config.shutdown_wait,
         )
         manager.ip = self._kernel_ip(kernel_id)
+        prepare(manager)
         return manager
 
     def _kernel_ip(self, kernel_id: str) -> str:

@@ -8,13 +8,20 @@ provisioners: SSH, Kubernetes, Docker, YARN).
   the supervisor's loop.
 - Values of a start request's env that the SSH provisioner writes into the command line it runs on a
   host (unquoted, in double quotes) must be plain words: anything else is refused before launch.
+- A remote provisioner's calls that reach its host (a launch over SSH with paramiko, whose connect has
+  no timeout; a poll, a signal or a kill, TCP connects to the kernel's listener) are synchronous in
+  places, and a host that silently drops packets would hold whatever event loop runs them for as long
+  as the operating system retries a TCP connect (minutes). Each runs on a thread of its own, with an
+  event loop of its own, under a deadline (keep_off_loop): the supervisor's loop never waits on a host.
 - A remote kernel is adopted through its provisioner's own saved state, and ended through it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -40,6 +47,13 @@ THREAD_STOP_TIMEOUT = 5.0
 # GP_SOCKET_TIMEOUT seconds, 10 ms by default: on a busy machine a live kernel then looks dead, and a
 # SIGTERM is lost. 50 ms holds; the wait is spent only on a host that does not answer.
 os.environ.setdefault("GP_SOCKET_TIMEOUT", "0.05")
+# The calls of a remote provisioner that reach its host, and the bound on each but the launch, whose
+# bound is the provisioner's own launch timeout. A kill polls the host for up to 5 s after its SIGTERM.
+HOST_CALLS = ("launch_kernel", "poll", "send_signal", "kill", "terminate", "wait", "cleanup", "shutdown_requested")
+HOST_CALL_TIMEOUT = 15.0
+DEFAULT_LAUNCH_TIMEOUT = 30.0
+# The event loop each launch in progress waits on for its kernel's connection info, by kernel id.
+_launches: dict[str, asyncio.AbstractEventLoop] = {}
 
 
 def remote_provisioner(spec: Any) -> str | None:
@@ -79,8 +93,9 @@ async def response_manager(specs: KernelSpecManager) -> AsyncIterator[None]:
         try:
             manager = ResponseManager.instance()
             post = manager._post_connection
-            # The registry's events belong to the supervisor's loop, where provisioners wait on them.
-            manager._post_connection = lambda payload: supervisor.call_soon_threadsafe(post, payload)
+            # A registry's event belongs to the loop its launch waits on (keep_off_loop).
+            manager._post_connection = lambda payload: _launches.get(
+                payload.get("kernel_id"), supervisor).call_soon_threadsafe(post, payload)
         except BaseException as e:
             supervisor.call_soon_threadsafe(started.set_exception, e)
             return
@@ -101,6 +116,65 @@ async def response_manager(specs: KernelSpecManager) -> AsyncIterator[None]:
         await asyncio.to_thread(thread.join, THREAD_STOP_TIMEOUT)
 
 
+def keep_off_loop(provisioner: Any) -> None:
+    """Run each of a remote provisioner's calls that reach its host on a thread of its own, under a
+    deadline. A call that misses it fails with TimeoutError, and its thread is left to end with the
+    operating system's own TCP timeouts; a launch that completes after its start was given up is ended
+    there and then, so that no kernel runs on that nobody owns.
+
+    The provisioner's methods are replaced on this one instance (jupyter_client calls them; their code is
+    untouched): nothing but where and how long they run changes."""
+    originals = {name: getattr(provisioner, name) for name in HOST_CALLS}
+
+    async def end_late(ran: concurrent.futures.Future) -> None:
+        if not ran.cancelled() and ran.exception() is None:
+            log.warning("Kernel %s: launched on %s after its start was given up; ending it",
+                        provisioner.kernel_id, provisioner.assigned_host)
+            with contextlib.suppress(Exception):
+                await originals["kill"]()
+                await originals["cleanup"]()
+
+    async def launch_here(*args: Any, **kwargs: Any) -> Any:
+        _launches[provisioner.kernel_id] = asyncio.get_running_loop()
+        try:
+            return await originals["launch_kernel"](*args, **kwargs)
+        finally:
+            _launches.pop(provisioner.kernel_id, None)
+
+    for name in HOST_CALLS:
+        if name == "launch_kernel":
+            timeout = float(getattr(provisioner, "launch_timeout", DEFAULT_LAUNCH_TIMEOUT))
+            call, late = launch_here, end_late
+        else:
+            call, late, timeout = originals[name], None, HOST_CALL_TIMEOUT
+        setattr(provisioner, name, functools.partial(_on_a_thread, provisioner, name, call, timeout, late))
+
+
+async def _on_a_thread(provisioner: Any, name: str, call: Any, timeout: float, late: Any, *args: Any,
+                       **kwargs: Any) -> Any:
+    ran: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        ran.set_running_or_notify_cancel()
+        try:
+            ran.set_result(asyncio.run(call(*args, **kwargs)))
+        except BaseException as e:
+            ran.set_exception(e)
+
+    threading.Thread(target=run, name=f"{name}-{provisioner.kernel_id}", daemon=True).start()
+    try:
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(ran)), timeout)
+    except BaseException as e:  # the deadline, or the caller cancelled
+        if late is not None:
+            # Run where the call ends (or here, at once, if it just has): never on the supervisor's loop.
+            ran.add_done_callback(lambda ran: threading.Thread(target=asyncio.run, args=(late(ran),),
+                                                               daemon=True).start())
+        if isinstance(e, TimeoutError):
+            host = getattr(provisioner, "assigned_host", "") or "its host"
+            raise TimeoutError(f"{host} did not answer within {timeout:g} s ({name})") from None
+        raise
+
+
 def _specs(specs: KernelSpecManager) -> dict[str, Any]:
     found = {}
     for name in specs.find_kernel_specs():
@@ -119,6 +193,7 @@ async def adopted_manager(record: dict[str, Any], specs: KernelSpecManager, shut
         record["id"], manager.kernel_spec, parent=manager)
     if not is_remote(provisioner):
         return None
+    keep_off_loop(provisioner)
     await provisioner.load_provisioner_info(dict(record.get("provisioner") or {}))
     manager.load_connection_info(provisioner.connection_info)
     manager.provisioner = provisioner
@@ -150,6 +225,17 @@ async def end(record: dict[str, Any], specs: KernelSpecManager) -> bool:
         with contextlib.suppress(Exception):
             await manager.cleanup_resources()
     return True
+
+
+def prepare(manager: AsyncKernelManager) -> None:
+    """Give a new manager whose kernelspec names a remote provisioner that provisioner now, its calls
+    kept off the supervisor's loop (jupyter_client makes one only if the manager has none)."""
+    if remote_provisioner(manager.kernel_spec):
+        provisioner = KernelProvisionerFactory.instance().create_provisioner_instance(
+            manager.kernel_id, manager.kernel_spec, parent=manager)
+        if is_remote(provisioner):
+            keep_off_loop(provisioner)
+            manager.provisioner = provisioner
 
 
 def host_of(manager: AsyncKernelManager) -> str:
