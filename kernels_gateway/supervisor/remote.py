@@ -12,7 +12,7 @@ provisioners: SSH, Kubernetes, Docker, YARN).
   no timeout; a poll, a signal or a kill, TCP connects to the kernel's listener) are synchronous in
   places, and a host that silently drops packets would hold whatever event loop runs them for as long
   as the operating system retries a TCP connect (minutes). Each runs on a thread of its own, with an
-  event loop of its own, under a deadline (keep_off_loop): the supervisor's loop never waits on a host.
+  event loop of its own, under a deadline (attach): the supervisor's loop never waits on a host.
 - A remote kernel is adopted through its provisioner's own saved state, and ended through it.
 """
 
@@ -93,7 +93,7 @@ async def response_manager(specs: KernelSpecManager) -> AsyncIterator[None]:
         try:
             manager = ResponseManager.instance()
             post = manager._post_connection
-            # A registry's event belongs to the loop its launch waits on (keep_off_loop).
+            # A registry's event belongs to the loop its launch waits on (attach).
             manager._post_connection = lambda payload: _launches.get(
                 payload.get("kernel_id"), supervisor).call_soon_threadsafe(post, payload)
         except BaseException as e:
@@ -188,7 +188,10 @@ async def _on_a_thread(provisioner: Any, name: str, call: Any, timeout: float, l
     threading.Thread(target=run, name=f"{name}-{provisioner.kernel_id}", daemon=True).start()
     try:
         return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(ran)), timeout)
-    except BaseException as e:  # the deadline, or the caller cancelled
+    except BaseException as e:
+        if ran.done():
+            raise  # the call's own outcome
+        # The deadline, or the caller cancelled: the call runs on, given up.
         if late is not None:
             late(ran)
         if isinstance(e, TimeoutError):
