@@ -402,10 +402,9 @@ async def test_a_host_that_drops_every_packet_never_holds_the_supervisor(remote_
             assert sorted(p.stem for p in (gw.runtime_dir / "kernels").glob("*.json")) == sorted([kept, doomed])
 
             # The kernel on that host: each operation answers within a bound, saying what happened.
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(10):  # answered, though the signal is lost on the way
                 async with http.post(f"{gw.url}/api/kernels/{doomed}/interrupt") as r:
-                    interrupted = r.status, await r.text()
-            assert interrupted[0] in (204, 500), interrupted
+                    assert r.status == 204, await r.text()
             async with asyncio.timeout(20):
                 async with http.post(f"{gw.url}/api/kernels/{doomed}/restart") as r:
                     body = await r.json()
