@@ -87,7 +87,9 @@ async def remote(fleet: Fleet, settings: Settings, results: Results) -> None:
             targets = []
             async with contextlib.AsyncExitStack() as stack:
                 if THIS in fleet.names:
-                    targets.append(await stack.enter_async_context(ThisGateway("--pool", "none", "--workers", "1")))
+                    # The execute workload starts the default kernel: without this, a local one.
+                    targets.append(await stack.enter_async_context(
+                        ThisGateway("--pool", "none", "--workers", "1", "--default-kernel-name", SPEC)))
                 if RAW in fleet.names:
                     await stack.enter_async_context(response_manager(KernelSpecManager()))
                     raw = RemoteRaw()
