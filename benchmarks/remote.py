@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -73,6 +74,7 @@ class RemoteRaw:
 
     async def close(self) -> None:
         await asyncio.gather(*(self.delete_kernel(k) for k in list(self.managers)), return_exceptions=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 async def remote(fleet: Fleet, settings: Settings, results: Results) -> None:
