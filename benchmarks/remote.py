@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -73,6 +74,7 @@ class RemoteRaw:
 
     async def close(self) -> None:
         await asyncio.gather(*(self.delete_kernel(k) for k in list(self.managers)), return_exceptions=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 async def remote(fleet: Fleet, settings: Settings, results: Results) -> None:
@@ -87,7 +89,9 @@ async def remote(fleet: Fleet, settings: Settings, results: Results) -> None:
             targets = []
             async with contextlib.AsyncExitStack() as stack:
                 if THIS in fleet.names:
-                    targets.append(await stack.enter_async_context(ThisGateway("--pool", "none", "--workers", "1")))
+                    # The execute workload starts the default kernel: without this, a local one.
+                    targets.append(await stack.enter_async_context(
+                        ThisGateway("--pool", "none", "--workers", "1", "--default-kernel-name", SPEC)))
                 if RAW in fleet.names:
                     await stack.enter_async_context(response_manager(KernelSpecManager()))
                     raw = RemoteRaw()

@@ -107,6 +107,19 @@ class Host:
             subprocess.run(["ip", "route", "del", "unreachable", f"{self.address}/32"], capture_output=True, timeout=30)
 
 
+    @contextlib.contextmanager
+    def black_hole(self) -> Iterator[None]:
+        """Every packet from here to the host silently lost for the block's duration, as when a host
+        vanishes or a firewall drops: connects, established connections included, hear nothing and wait
+        for their timeouts. (A permanent neighbour entry sends the host's frames to an address nobody
+        has, which needs no packet filter.)"""
+        _run("ip", "neigh", "replace", self.address, "lladdr", "02:00:00:00:00:01", "dev", self.link, "nud", "permanent")
+        try:
+            yield
+        finally:
+            subprocess.run(["ip", "neigh", "del", self.address, "dev", self.link], capture_output=True, timeout=30)
+
+
 def _sshd_config(host: Host, client_key: Path) -> Path:
     config = host.folder / "sshd_config"
     config.write_text("\n".join([

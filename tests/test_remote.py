@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -22,13 +23,17 @@ from .kernel_client import KernelSocket
 pytestmark = pytest.mark.skipif(bool(test_hosts.missing()), reason=test_hosts.missing() or "hosts can be made")
 
 SPEC = "ssh_python"
+LOST = "ssh_second_host"  # the second host only, with a short launch timeout
+LOST_LAUNCH_TIMEOUT = 6
 
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
     """The hosts, a JUPYTER_PATH holding the SSH kernelspec for them, and the gateway's environment."""
     with test_hosts.hosts(2) as (made, env):
-        jupyter_path = test_hosts.ssh_kernelspec(tmp_path_factory.mktemp("specs"), SPEC, made)
+        folder = tmp_path_factory.mktemp("specs")
+        jupyter_path = test_hosts.ssh_kernelspec(folder, SPEC, made)
+        test_hosts.ssh_kernelspec(folder, LOST, made[1:], "--launch-timeout", str(LOST_LAUNCH_TIMEOUT))
         env = {**env, "JUPYTER_PATH": str(jupyter_path)}
         yield made, env
 
@@ -351,6 +356,85 @@ async def test_a_lost_host_costs_only_its_kernels_and_never_blocks_the_superviso
     await sock.close()
     await other.close()
     assert await gw.stop() == 0
+
+
+# Behaviour, not a benchmark: a REST call that waits on a host takes seconds to minutes.
+REST_BOUND = 2.0
+
+
+async def test_a_host_that_drops_every_packet_never_holds_the_supervisor(remote_gateway, http, hosts):
+    """A host that silently drops every packet (not one that refuses): a start onto it fails with a clear
+    error once the provisioner's launch timeout is up and leaves nothing behind; the kernel that ran there
+    is declared dead, and its interrupt, restart and shutdown come back with clear outcomes; REST calls
+    for the other kernels answer at once throughout, and that kernel works on."""
+    gw = await remote_gateway("--restart-limit", "1")
+    healthy, lost = hosts
+    kept = await start_kernel(http, gw, env={"KERNEL_REMOTE_HOST": healthy.address})
+    doomed = await start_kernel(http, gw, env={"KERNEL_REMOTE_HOST": lost.address})
+    assert host_of(hosts, gw, kept) is healthy and host_of(hosts, gw, doomed) is lost
+    sock = await KernelSocket.open(http, gw, kept)
+    await sock.execute("y = 7")
+    slowest, probed, done = 0.0, 0, asyncio.Event()
+
+    async def probe() -> None:
+        nonlocal slowest, probed
+        while not done.is_set():
+            for url in (f"{gw.url}/api/kernels", f"{gw.url}/api/kernels/{kept}"):
+                began = time.monotonic()
+                try:
+                    async with asyncio.timeout(REST_BOUND), http.get(url) as r:
+                        assert r.status == 200, await r.text()
+                except TimeoutError:
+                    pass
+                slowest, probed = max(slowest, time.monotonic() - began), probed + 1
+            await asyncio.sleep(0.05)
+
+    prober = asyncio.create_task(probe())
+    try:
+        with lost.black_hole():
+            async with asyncio.timeout(LOST_LAUNCH_TIMEOUT + 20):
+                async with http.post(f"{gw.url}/api/kernels", json={"name": LOST}) as r:
+                    body = await r.json()
+            assert r.status == 500 and f"{lost.address} did not answer within {LOST_LAUNCH_TIMEOUT} s" in body["message"], body
+            assert slowest < REST_BOUND and probed > 10, (slowest, probed)
+            async with http.get(f"{gw.url}/api/kernels") as r:
+                assert sorted(k["id"] for k in await r.json()) == sorted([kept, doomed])
+            assert sorted(p.stem for p in (gw.runtime_dir / "kernels").glob("*.json")) == sorted([kept, doomed])
+
+            # The kernel on that host: each operation answers within a bound, saying what happened.
+            async with asyncio.timeout(10):  # answered, though the signal is lost on the way
+                async with http.post(f"{gw.url}/api/kernels/{doomed}/interrupt") as r:
+                    assert r.status == 204, await r.text()
+            async with asyncio.timeout(20):
+                async with http.post(f"{gw.url}/api/kernels/{doomed}/restart") as r:
+                    body = await r.json()
+            assert r.status == 500 and "does not answer" in body["message"], body
+            await eventually(lambda: _state_is(http, gw, doomed, "dead"), timeout=60)
+            async with asyncio.timeout(20):
+                async with http.delete(f"{gw.url}/api/kernels/{doomed}") as r:
+                    assert r.status == 204, await r.text()
+            async with http.get(f"{gw.url}/api/kernels/{doomed}") as r:
+                assert r.status == 404
+            # It may run on there: its record stays (dead: nobody adopts it) until its end is proven.
+            assert json.loads((gw.runtime_dir / "kernels" / f"{doomed}.json").read_text())["state"] == "dead"
+            assert remote_kernel_pid(lost, doomed)
+            _, stdout = await sock.execute("print(y)")
+            assert stdout == "7\n"
+            done.set()
+            await prober
+            assert slowest < REST_BOUND, slowest
+        # The host answers again: the kernel shut down meanwhile is ended there, and the start given up
+        # on, whose SSH connect the operating system still retries, is ended if it lands.
+        await eventually(lambda: asyncio.sleep(0, remote_kernel_pid(lost, doomed) is None), timeout=30)
+        await eventually(lambda: asyncio.sleep(0, not (gw.runtime_dir / "kernels" / f"{doomed}.json").exists()), timeout=10)
+        await eventually(lambda: asyncio.sleep(0, "after its start was given up; ending it" in gw.log()), timeout=70)
+        await eventually(lambda: asyncio.sleep(0, [k for k in kernels_on(hosts) if lost.name in k] == []), timeout=30)
+        await sock.close()
+        assert await gw.stop() == 0
+    finally:
+        done.set()
+        await asyncio.gather(prober, return_exceptions=True)
+    assert kernels_on(hosts) == []
 
 
 def subprocess_run(argv: list[str]) -> None:

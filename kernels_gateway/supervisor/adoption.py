@@ -129,7 +129,7 @@ async def adopt_all(kernels: Kernels) -> int:
         except Exception as e:
             log.warning("Kernel %s cannot be adopted (%s); forgetting it", record.get("id"), e)
             kernel = None
-        if kernel is None:
+        if kernel is None and record.get("id") not in kernels.launcher.unended:
             end_kernel(kernels.records, record, kernels.config.runtime_dir)
         elif record.get("pooled"):
             await kernels.shutdown(kernel.id, why="shutdown (unused warm kernel)")
@@ -151,7 +151,9 @@ async def _adopt(kernels: Kernels, record: dict[str, Any]) -> Kernel | None:
             return _adopted(kernels, record, manager)
         log.warning("Kernel %s on %s, recorded %s, is not running; ending what is left of it",
                     kernel_id, remote.host_of(manager), state)
-        await remote.end(record, kernels.specs)
+        if await remote.end(record, kernels.specs) is False:  # it may run on: never a second one beside it
+            kernels.launcher.end_later(record)
+            return None
         return await _start_again(kernels, record) if state == RESTARTING and not record.get("pooled") else None
     pids = live_processes(record, runtime_dir)
     if state not in (RUNNING, RESTARTING) or (pids is not None and len(pids) != 1):

@@ -241,7 +241,7 @@ class Kernels:
         async with kernel.lock:
             self.get(kernel_id)  # it may have been shut down while we waited for the lock
             now = not liveness.asked_to_shut_down(kernel.manager.provisioner)
-            if now and not await liveness.ended_remote(kernel.manager):  # nothing changed: it may run on
+            if now and not await liveness.ended_remote(kernel.manager.provisioner):  # nothing changed: it may run on
                 raise KernelStartFailed(f"Kernel {kernel_id} cannot be restarted: its host "
                                         f"{remote.host_of(kernel.manager)} does not answer")
             await self._stop_keeping(kernel)
@@ -314,15 +314,20 @@ class Kernels:
                 )
         except TimeoutError:
             log.error("Kernels did not all shut down within %g s; killing them", self.config.shutdown_wait + SHUTDOWN_MARGIN)
+        await self.launcher.stop_ending()
         for kernel_id in list(self.records.ours):
             if record := self.records.load(kernel_id):
-                await remote.end(record, self.specs)
+                if await remote.end(record, self.specs) is False:
+                    log.warning("Kernel %s: its host does not answer; its record is left for the next supervisor",
+                                kernel_id)
+                    continue
                 adoption.end_kernel(self.records, record, self.config.runtime_dir)
 
     async def release(self) -> None:
         """Stop watching every kernel and leave it running, with its record and files, for the next
         supervisor to adopt (a hand-over). Warm kernels are not handed over."""
         await self.pool.close()
+        await self.launcher.stop_ending()
         for kernel in self._kernels.values():
             await self._stop_keeping(kernel)
             await self.launcher.stop_watching(kernel)

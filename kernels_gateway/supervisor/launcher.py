@@ -34,8 +34,9 @@ from .environment import EnvironmentPolicy
 from ..errors import KernelStartFailed
 from .output import KernelOutput
 from .process import lower_priority, start_time
-from .records import RUNNING, STARTING, Records
-from .remote import host_of
+from . import remote
+from .records import DEAD, RUNNING, STARTING, Records
+from .remote import host_of, prepare
 from .seed import Seed
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -47,6 +48,8 @@ MAX_IPC_PREFIX = MAX_SOCKET_PATH - len("-65535")
 IOPUB_PROOF_WAIT = 0.1
 # Every launch, restarts included (jupyter_client keeps the launch arguments), gets pipes for its output.
 OUTPUT_PIPES = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+# How often the end of a remote kernel shut down while its host did not answer is tried again.
+END_RETRY_INTERVAL = 5.0
 
 
 @dataclass(eq=False)
@@ -94,6 +97,7 @@ class Launcher:
         self.records = records
         self.env = env
         self.zmq = zmq.asyncio.Context()
+        self.unended: dict[str, asyncio.Task] = {}  # remote kernels shut down while their host did not answer
 
     def kernel(self, kernel_id: str, name: str, manager: AsyncKernelManager, requested: dict[str, str]) -> Kernel:
         return Kernel(id=kernel_id, name=name, manager=manager, iopub=IOPub(kernel_id, self.replay),
@@ -132,7 +136,7 @@ class Launcher:
     async def restart_process(self, kernel: Kernel, now: bool) -> None:
         """A new process for the kernel (`now`: without asking the old one to shut down), ready and seeded."""
         before = kernel.connection_info()
-        if now and not await liveness.ended_remote(kernel.manager):
+        if now and not await liveness.ended_remote(kernel.manager.provisioner):
             raise KernelStartFailed(f"its host {host_of(kernel.manager)} does not answer, and it may still run there")
         await kernel.manager.restart_kernel(now=now)
         if kernel.connection_info() != before:  # a remote kernel may come back on other ports or another host
@@ -164,16 +168,45 @@ class Launcher:
             log.exception("Kernel %s: shutdown failed; killing it", kernel.id)
             with contextlib.suppress(Exception):
                 await kernel.manager.shutdown_kernel(now=True)
+        ended = await liveness.ended_remote(kernel.manager.provisioner)  # at once for a local kernel
         await kernel.output.close()
         # An adopted kernel's manager did not write its connection file, so it would leave it (and its key).
         adoption.remove_files(Path(kernel.manager.connection_file))
-        self.records.remove(kernel.id)
+        if ended:
+            self.records.remove(kernel.id)
+        else:
+            log.warning("Kernel %s: its host %s does not answer; it is ended once it does",
+                        kernel.id, host_of(kernel.manager))
+            self.end_later(await self.save_record(kernel, DEAD))
 
-    async def save_record(self, kernel: Kernel, state: str, pooled: bool = False) -> None:
+    def end_later(self, record: dict[str, Any]) -> None:
+        """A remote kernel that may run on where its host does not answer: its record is kept, `dead` so
+        that no supervisor adopts it, and its end is tried again until its host answers."""
+        if record["id"] not in self.unended:
+            self.unended[record["id"]] = asyncio.create_task(self._end_when_answered(record),
+                                                             name=f"end-{record['id']}")
+
+    async def _end_when_answered(self, record: dict[str, Any]) -> None:
+        try:
+            while await remote.end(record, self.specs) is False:
+                await asyncio.sleep(END_RETRY_INTERVAL)
+            log.info("Kernel %s ended on its host", record["id"])
+            self.records.remove(record["id"])
+        finally:
+            self.unended.pop(record["id"], None)
+
+    async def stop_ending(self) -> None:
+        """Stop trying to end kernels whose hosts do not answer; their records stay for the next supervisor."""
+        tasks = list(self.unended.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def save_record(self, kernel: Kernel, state: str, pooled: bool = False) -> dict[str, Any]:
         provisioner = kernel.manager.provisioner
         info = await provisioner.get_provisioner_info() if provisioner else None
         pid = liveness.local_pid(provisioner, info)
-        self.records.save(kernel.id, {
+        record = {
             "id": kernel.id,
             "state": state,
             "pooled": pooled,
@@ -182,7 +215,9 @@ class Launcher:
             "env": kernel.requested_env,
             "provisioner": info,
             "start_time": start_time(pid) if pid else None,
-        })
+        }
+        self.records.save(kernel.id, record)
+        return record
 
     def close(self) -> None:
         self.zmq.destroy(linger=0)
@@ -204,6 +239,7 @@ class Launcher:
             shutdown_wait_time=self.config.shutdown_wait,
         )
         manager.ip = self._kernel_ip(kernel_id)
+        prepare(manager)
         return manager
 
     def _kernel_ip(self, kernel_id: str) -> str:

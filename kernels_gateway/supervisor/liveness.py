@@ -48,7 +48,7 @@ def asked_to_shut_down(provisioner: KernelProvisionerBase | None) -> bool:
     return not is_remote(provisioner)
 
 
-async def ended_remote(manager: AsyncKernelManager) -> bool:
+async def ended_remote(provisioner: KernelProvisionerBase | None) -> bool:
     """SIGKILL a remote kernel through its provisioner before a restart replaces it (the provisioner's own
     kill sends SIGTERM and polls for 5 s, and ipykernel outlives a SIGTERM); whether it is provably gone.
 
@@ -57,7 +57,6 @@ async def ended_remote(manager: AsyncKernelManager) -> bool:
     listener is asked here, and only a refusal counts as the kernel's end. A local kernel, and a remote
     one reached by other means than a listener, are ended by their provisioner's kill.
     """
-    provisioner = manager.provisioner
     port, ip = getattr(provisioner, "comm_port", 0), getattr(provisioner, "comm_ip", None)
     if not is_remote(provisioner) or not port or not ip:
         return True
