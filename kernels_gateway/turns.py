@@ -42,9 +42,12 @@ class Share:
         self._renew_next_turn()
 
     async def turn(self) -> None:
-        """Yield to everything else that is ready, then wait in line for a turn with room in the share."""
-        await asyncio.sleep(0)
+        """Yield to everything else that is ready, then wait in line for a turn with room in the share.
+        The first bulk work of a turn goes at once: what else is ready runs after it, within the share,
+        and a message now and then (a cell's few replies) would otherwise cost a turn of the loop each."""
         loop = self._here()
+        if self._left < self.seconds or self._waiting or self._woken:
+            await asyncio.sleep(0)
         while self._waiting or self._woken or self._left <= 0:
             waiter = loop.create_future()
             self._waiting.append(waiter)
@@ -54,7 +57,7 @@ class Share:
             except asyncio.CancelledError:
                 if waiter in self._waiting:
                     self._waiting.remove(waiter)
-                else:
+                elif not waiter.cancelled():  # woken, and counted so, before the cancellation came
                     self._woken -= 1
                 raise
             self._woken -= 1

@@ -66,3 +66,28 @@ async def test_flooding_sockets_leave_every_turn_to_the_rest_after_a_bounded_sha
             outbound.close()
         context.term()
     assert BULK.seconds == SHARE_SECONDS
+    # The loops were cancelled while they waited in line: the line forgets them, or every bulk task after
+    # them would wait a turn for nothing, for as long as the process runs (a websocket closing mid-flood).
+    await asyncio.sleep(0)
+    assert await _goes_at_once()
+
+
+async def test_the_first_bulk_work_of_a_turn_goes_at_once_and_the_next_yields():
+    """A message now and then (a cell's replies) must not cost a turn of the event loop each; once bulk
+    work has been done in a turn, what else is ready goes first."""
+    await asyncio.sleep(0)  # a turn of its own: the share is whole
+    assert await _goes_at_once()
+    began = time.perf_counter()
+    busy(WORK)
+    BULK.spend(began)
+    assert not await _goes_at_once()
+
+
+async def _goes_at_once() -> bool:
+    """Whether bulk work now gets its turn before what else is ready."""
+    ran = []
+    asyncio.get_running_loop().call_soon(ran.append, "other")
+    await BULK.turn()
+    went_first = not ran
+    await asyncio.sleep(0)
+    return went_first
