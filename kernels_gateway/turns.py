@@ -42,12 +42,9 @@ class Share:
         self._renew_next_turn()
 
     async def turn(self) -> None:
-        """Yield to everything else that is ready, then wait in line for a turn with room in the share.
-        The first bulk work of a turn goes at once: what else is ready runs after it, within the share,
-        and a message now and then (a cell's few replies) would otherwise cost a turn of the loop each."""
+        """Yield to everything else that is ready, then wait in line for a turn with room in the share."""
+        await asyncio.sleep(0)
         loop = self._here()
-        if self._left < self.seconds or self._waiting or self._woken:
-            await asyncio.sleep(0)
         while self._waiting or self._woken or self._left <= 0:
             waiter = loop.create_future()
             self._waiting.append(waiter)
