@@ -36,7 +36,6 @@ from .output import KernelOutput
 from .process import lower_priority, start_time
 from . import remote
 from .records import DEAD, RUNNING, STARTING, Records
-from .remote import host_of, prepare
 from .seed import Seed
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -137,7 +136,7 @@ class Launcher:
         """A new process for the kernel (`now`: without asking the old one to shut down), ready and seeded."""
         before = kernel.connection_info()
         if now and not await liveness.ended_remote(kernel.manager.provisioner):
-            raise KernelStartFailed(f"its host {host_of(kernel.manager)} does not answer, and it may still run there")
+            raise KernelStartFailed(f"its host {remote.host_of(kernel.manager)} does not answer, and it may still run there")
         await kernel.manager.restart_kernel(now=now)
         if kernel.connection_info() != before:  # a remote kernel may come back on other ports or another host
             await self.stop_watching(kernel)
@@ -176,7 +175,7 @@ class Launcher:
             self.records.remove(kernel.id)
         else:
             log.warning("Kernel %s: its host %s does not answer; it is ended once it does",
-                        kernel.id, host_of(kernel.manager))
+                        kernel.id, remote.host_of(kernel.manager))
             self.end_later(await self.save_record(kernel, DEAD))
 
     def end_later(self, record: dict[str, Any]) -> None:
@@ -239,7 +238,7 @@ class Launcher:
             shutdown_wait_time=self.config.shutdown_wait,
         )
         manager.ip = self._kernel_ip(kernel_id)
-        prepare(manager)
+        remote.prepare(manager)
         return manager
 
     def _kernel_ip(self, kernel_id: str) -> str:
