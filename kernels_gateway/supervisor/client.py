@@ -117,12 +117,14 @@ class SupervisorClient:
 
     async def follow(self, on_event: Callable[[dict], None], retry_every: float = 0.5) -> None:
         """Receive kernel state events for as long as this runs, reconnecting whenever the supervisor
-        goes away and comes back (a restarted supervisor gets the subscription again)."""
+        goes away and comes back. Whichever request makes a connection subscribes on it first (see
+        _announce), so no answer from a restarted supervisor comes before its events do."""
         self._on_event = on_event
         while True:
             try:
-                await self.request("subscribe")
-                await asyncio.wait([self._reader_task])
+                await self.ping()
+                if (reader := self._reader_task) is not None:  # None: another request is reconnecting
+                    await asyncio.wait([reader])
             except SupervisorUnavailable:
                 await asyncio.sleep(retry_every)
 
@@ -185,8 +187,12 @@ class SupervisorClient:
             return writer
 
     async def _announce(self, writer: asyncio.StreamWriter) -> None:
-        """Count this worker's open websockets in again, on a supervisor that may be a new one, before
-        any other request goes out on this connection."""
+        """Subscribe to kernel events if this worker follows them, and count its open websockets in
+        again, on a supervisor that may be a new one, before any other request goes out on this
+        connection: a client that has its answer may act on it at once (kill the kernel, say), and the
+        event that follows must not find the worker still unsubscribed."""
+        if self._on_event is not None:
+            _result(await self._exchange(writer, "subscribe", {}))
         announces = list(self._opened.values())
         replies = await asyncio.gather(
             *(self._exchange(writer, "connection_opened", operations.check("connection_opened", announce))

@@ -3,6 +3,7 @@ real client; and the client against a fake supervisor that goes away and comes b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
@@ -91,6 +92,24 @@ async def test_a_reconnected_client_counts_its_websockets_in_again_first(tmp_pat
     finally:
         await client.close()
 
+
+
+async def test_whichever_request_reconnects_subscribes_to_events_first(tmp_path):
+    """A REST request can reconnect to a restarted supervisor while the event follower waits to retry;
+    its client may act on the answer at once (kill a kernel), so the connection must be subscribed
+    before the answer comes back, or the kernel's `restarting` is pushed to nobody."""
+    socket_path = tmp_path / "supervisor.sock"
+    client = SupervisorClient(socket_path, retry_for=0.2)
+    follower = asyncio.create_task(client.follow(lambda event: None, retry_every=60))
+    try:
+        await asyncio.sleep(0.5)  # nobody listens: the follower gave up and waits a minute
+        async with FakeSupervisor(socket_path, {"ping": lambda args: {"pid": 7}}) as new:
+            assert (await client.ping())["pid"] == 7
+            assert [op for op, _ in new.asked] == ["subscribe", "ping"]
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await client.close()
 
 async def test_bad_arguments_never_leave_the_client(tmp_path):
     client = SupervisorClient(tmp_path / "nobody.sock", retry_for=0)

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +78,12 @@ def test_a_record_proves_its_process_by_more_than_a_pid(tmp_path):
                              start_new_session=True)
     unnamed = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
+        # Until a child has exec'd, its command line is still this test's own.
+        deadline = time.monotonic() + 10
+        for child, program in ((named, sys.executable), (unnamed, "sleep")):
+            while not Path(f"/proc/{child.pid}/cmdline").read_bytes().startswith(program.encode()):
+                assert time.monotonic() < deadline, f"{program} never started"
+                time.sleep(0.01)
         def record(pid, started=None, state=RUNNING, path=connection_file):
             return {"state": state, "connection_file": str(path), "provisioner": {"pid": pid},
                     "start_time": start_time(pid) if started is None else started}
