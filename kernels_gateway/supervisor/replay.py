@@ -8,7 +8,8 @@ worker, gets what follows its position: first a notice if `--replay-bytes` or `-
 some of it, then the messages, then the replies that reached its departed connection.
 
 Positions arrive as msg_ids (the workers' feeds and this one hear the same stream, numbered nowhere):
-a msg_id is looked up here, waiting a little for one this socket has not heard yet.
+a msg_id is looked up here; one this socket has not heard yet is watched for in what it hears next,
+for the message may be gone from the buffer by the time its session returns.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ MAX_REPLIES = 1000
 # as much memory as it says.
 MESSAGE_OVERHEAD = 200
 PART_OVERHEAD = 40
+# Seconds a position not heard yet is watched for: a msg_id this socket never hears (a notice the
+# gateway wrote, say) must not cost every message a look for ever.
+WATCH_FOR = 30.0
 
 
 def memory_cost(parts: list[bytes]) -> int:
@@ -85,6 +89,7 @@ class Replay:
         self._buffered = 0
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._waiters: list[asyncio.Future] = []
+        self._watched: dict[str, tuple[Session, float]] = {}  # session_id -> its session, watched until
 
     # -- the buffer ----------------------------------------------------------------------------
 
@@ -92,9 +97,12 @@ class Replay:
         size = sum(map(len, parts))
         self._seq += 1
         self._end += size
-        self._buffer.append((self._seq, now, self._end, *parts))
+        entry = (self._seq, now, self._end, *parts)
+        self._buffer.append(entry)
         self._buffered += memory_cost(parts)
         self._trim(now)
+        if self._watched:
+            self._arrived(entry, now)
         if self._waiters:
             for waiter in self._waiters:
                 if not waiter.done():
@@ -106,11 +114,20 @@ class Replay:
         while self._buffer and (self._buffered > self.limits.max_bytes or self._buffer[0][TIME] < oldest):
             self._buffered -= memory_cost(self._buffer.popleft()[PARTS])
 
+    def _arrived(self, entry: Entry, now: float) -> None:
+        """The sessions whose client read this message before this socket heard it take their place."""
+        for session_id, (session, until) in list(self._watched.items()):
+            if session.pending is None or until < now:
+                del self._watched[session_id]
+            elif session.pending.encode() in entry[HEADER] and _msg_id(entry) == session.pending:
+                del self._watched[session_id]
+                self._place(session, entry)
+
     def _find(self, msg_id: str) -> Entry | None:
         """The newest buffered message with this id; the byte test keeps JSON off all but the match."""
         needle = msg_id.encode()
         for entry in reversed(self._buffer):
-            if needle in entry[HEADER] and json.loads(entry[HEADER]).get("msg_id") == msg_id:
+            if needle in entry[HEADER] and _msg_id(entry) == msg_id:
                 return entry
         return None
 
@@ -144,16 +161,16 @@ class Replay:
             return Missed([], False)
         self._sessions.move_to_end(session_id)
         for old, read in list(session.connections.items()):
-            self._advance(session, read() if read else None)
+            self._advance(session, session_id, read() if read else None)
             del session.connections[old]  # superseded: what it reports later no longer counts
         session.connections[connection] = progress
         if session.pending:
             entry = await self._find_soon(session.pending)
             if entry is None:  # the one earlier position known stands: repeats, never losses
                 log.warning("Session %s read a message this supervisor never heard; replaying from before it", session_id)
-            elif entry[SEQ] > session.seq:
-                session.seq, session.end = entry[SEQ], entry[END]
-            session.pending = None
+                session.pending = None
+            else:
+                self._place(session, entry)
         self._trim(time.time())
         messages: list[tuple[str, list[bytes]]] = []
         kept = [entry for entry in self._buffer if entry[SEQ] > session.seq]
@@ -181,7 +198,7 @@ class Replay:
             return [list(e[PARTS]) for e in self._buffer if session.joined < e[SEQ] < entry[SEQ]], None
         if entry[SEQ] <= session.joined:
             last = next((e for e in reversed(self._buffer) if e[SEQ] == session.joined), None)
-            return [], json.loads(last[HEADER]).get("msg_id") if last else None
+            return [], _msg_id(last) if last else None
         return [], None
 
     def closed(self, session_id: str, connection: str, last_msg_id: str | None) -> None:
@@ -191,19 +208,27 @@ class Replay:
         if session is None or connection not in session.connections:
             return  # superseded by a newer connection of the same session
         read = session.connections.pop(connection)
-        self._advance(session, last_msg_id or (read() if read else None))
+        self._advance(session, session_id, last_msg_id or (read() if read else None))
         if not session.connections:
             self._sessions.move_to_end(session_id)
             self._forget()
 
-    def _advance(self, session: Session, msg_id: str | None) -> None:
+    def _advance(self, session: Session, session_id: str, msg_id: str | None) -> None:
         if not msg_id:
             return
         entry = self._find(msg_id)
-        if entry is None:
-            session.pending = msg_id  # not heard here yet: looked up again on return
+        if entry is None:  # not heard here yet: watched for, and looked up again on return
+            session.pending = msg_id
+            self._watched[session_id] = (session, time.time() + WATCH_FOR)
         elif entry[SEQ] > session.seq:
-            session.seq, session.end, session.pending = entry[SEQ], entry[END], None
+            self._place(session, entry)
+
+    @staticmethod
+    def _place(session: Session, entry: Entry) -> None:
+        """The session's client read this message: its position is there, if that is further on."""
+        if entry[SEQ] > session.seq:
+            session.seq, session.end = entry[SEQ], entry[END]
+        session.pending = None
 
     def reply(self, session_id: str, channel: str, parts: list[bytes]) -> bool:
         """A reply that reached a departed connection: kept for the session's return, unless the
@@ -225,6 +250,10 @@ class Replay:
         departed = [s for s, session in self._sessions.items() if not session.connections]
         for session_id in departed[: max(0, len(departed) - MAX_DEPARTED)]:
             del self._sessions[session_id]
+
+
+def _msg_id(entry: Entry) -> str | None:
+    return json.loads(entry[HEADER]).get("msg_id")
 
 
 def notice(text: str, parent: bytes) -> list[bytes]:

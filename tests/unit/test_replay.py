@@ -78,6 +78,19 @@ async def test_a_position_not_heard_yet_is_waited_for():
     assert numbers((await returning).messages) == ["5", "6"]
 
 
+
+async def test_a_position_heard_late_counts_though_the_limits_dropped_it_before_the_return():
+    """A client read message 4 before this socket heard it; a flood then pushed 4 out of the buffer
+    before the session came back. The position is still 4, so the notice counts only 5 to 20."""
+    replay = Replay(ReplayLimits(max_bytes=sum(memory_cost(message(n, 100)) for n in range(21, 31))))
+    await replay.opened("s", "c1")
+    hear(replay, 1, 2, size=100)
+    replay.closed("s", "c1", "k_1_4")
+    hear(replay, 3, 30, size=100)
+    missed = await asyncio.wait_for(replay.opened("s", "c2"), 1)  # nothing left to wait for
+    assert numbers(missed.messages) == ["notice"] + [str(n) for n in range(21, 31)]
+    assert "16 output messages" in json.loads(missed.messages[0][1][3])["text"]
+
 async def test_a_session_back_before_its_old_connection_closed_takes_over_from_its_progress():
     replay = Replay(ReplayLimits())
     await replay.opened("s", "c1", progress=lambda: "k_1_3")
