@@ -139,8 +139,10 @@ async def test_a_remote_kernel_starts_on_a_host_and_works(remote_gateway, http, 
     assert msg["content"]["text"] == "got remote\n"
 
     # Interrupt a running cell through the REST API.
+    # stop_on_error off: else ipykernel may abort the next cell, sent the moment this one's error arrives.
     request = sock.message("execute_request", {"code": "import time; print('sleeping'); time.sleep(60)", "silent": False,
-                                               "store_history": False, "user_expressions": {}, "allow_stdin": False})
+                                               "store_history": False, "user_expressions": {}, "allow_stdin": False,
+                                               "stop_on_error": False})
     await sock.send(request)
     async with asyncio.timeout(30):
         while (await sock.receive())["header"]["msg_type"] != "stream":
