@@ -133,8 +133,9 @@ class Config:
         5, "restarts of a kernel that keeps dying within 10 s of starting before it is declared dead", (SUPERVISOR,)
     )
     kernel_nice: int = _opt(
-        19, "niceness added to every local kernel's process (0-19; 0: none), so that kernels busy with their "
-        "own work leave the gateway its turns", (SUPERVISOR,), parse=_niceness,
+        19, "niceness added to a local kernel's process while its output keeps the gateway busy (0-19; 0: "
+        "never), so that kernels printing on every core leave the gateway its turns", (SUPERVISOR,),
+        parse=_niceness,
     )
     cull_idle_timeout: float = _opt(
         0.0, "shut down kernels idle for longer than this many seconds (0: never)", (SUPERVISOR,)

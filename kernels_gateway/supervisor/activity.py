@@ -18,6 +18,7 @@ import zmq.asyncio
 
 from ..kernel_protocol import STATUS_TYPE, is_welcome, message_body, message_type, receive
 from .replay import Replay, ReplayLimits
+from .yielding import Priority
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
@@ -38,6 +39,7 @@ class IOPub:
         self.heard = asyncio.Event()  # set by every message: proof that the subscription is live
         # Hears every message first (parts after the signature); the execute API's tracking (executions.py).
         self.observer: Callable[[list[bytes]], None] | None = None
+        self.meter: Priority | None = None  # hears every message but welcomes; see yielding.py
 
     async def watch(self, sub: zmq.asyncio.Socket) -> None:
         try:
@@ -63,6 +65,8 @@ class IOPub:
         header = parts[0]
         if is_welcome(header):
             return  # the kernel greeting a subscription: not activity, and for no client
+        if self.meter is not None:
+            self.meter.heard(parts)
         now = time.time()
         self.last_activity = now
         if message_type(header, STATUS_TYPE) == "status":

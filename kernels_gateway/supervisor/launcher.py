@@ -33,7 +33,7 @@ from .activity import IOPub, ReplayLimits
 from .environment import EnvironmentPolicy
 from ..errors import KernelStartFailed
 from .output import KernelOutput
-from .process import lower_priority, start_time
+from .process import start_time
 from . import remote
 from .records import DEAD, RUNNING, STARTING, Records
 from .seed import Seed
@@ -222,11 +222,8 @@ class Launcher:
         self.zmq.destroy(linger=0)
 
     async def _follow_output(self, kernel: Kernel) -> None:
-        """A new process of the kernel runs: log what it prints, and let the gateway go first."""
-        process = getattr(kernel.manager.provisioner, "process", None)
-        await kernel.output.follow(process)
-        if process is not None and self.config.kernel_nice:
-            lower_priority(process.pid, self.config.kernel_nice)
+        """A new process of the kernel runs: log what it prints."""
+        await kernel.output.follow(getattr(kernel.manager.provisioner, "process", None))
 
     def _manager(self, kernel_id: str, name: str) -> AsyncKernelManager:
         manager = AsyncKernelManager(

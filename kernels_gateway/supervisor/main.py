@@ -32,6 +32,7 @@ from .process import exited
 from .records import own_directory
 from .seed import load_seed
 from .server import SupervisorServer
+from .yielding import yield_to_the_gateway
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
@@ -94,7 +95,7 @@ async def _serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    culler: asyncio.Task | None = None
+    background: list[asyncio.Task] = []
     handed_over = False
     async with Notifier() as notifier, remote.response_manager(kernels.specs):
         try:
@@ -106,16 +107,19 @@ async def _serve(config: Config) -> None:
                     await kernels.start(config.kernel_name or None)
             kernels.pool.start()
             if config.cull_idle_timeout > 0:
-                culler = asyncio.create_task(cull(kernels), name="culler")
+                background.append(asyncio.create_task(cull(kernels), name="culler"))
+            if config.kernel_nice:
+                background.append(asyncio.create_task(yield_to_the_gateway(kernels, config.kernel_nice),
+                                                      name="yielding"))
             gc.freeze()  # what start-up built lives as long as the process: no full collection walks it
             notifier.ready()
             if await _until_stopped_or_orphaned(stop, config.arbiter_pid):
                 handed_over = await _wait_for_successor(config, server, stop, len(kernels.list()))
         finally:
             notifier.stopping()
-            if culler:
-                culler.cancel()
-                await asyncio.gather(culler, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             what = "Supervisor handing %d kernel(s) over" if handed_over else "Supervisor stopping: shutting down %d kernel(s)"
             log.info(what, len(kernels.list()))
             await server.close()

@@ -72,23 +72,22 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def lower_priority(pid: int, increment: int) -> None:
-    """Make every thread of a process `increment` nicer, so that kernels busy with their own work (a
-    print loop on every core) leave the gateway's processes their turns: REST calls, interrupts and
-    websockets then wait for no kernel. Threads started later inherit it from the main thread.
+def set_niceness(pid: int, niceness: int, session_niceness: int) -> None:
+    """Give every thread of a process this niceness (threads started later inherit it from the main
+    thread), and the session it leads that one.
 
     Where the scheduler groups processes by session (Linux's autogroup, on by default in most
-    distributions), a niceness counts only within its session, and each kernel leads a session of its
-    own: every flooding kernel then weighs as much as the whole gateway. So a kernel's session is made
-    as much nicer, too."""
+    distributions, for processes outside any CPU cgroup), a niceness counts only within its session,
+    and each kernel leads a session of its own: there the session's niceness is the one that counts.
+    Going back to a lower niceness takes a privilege (CAP_SYS_NICE) for threads, not for a session; a
+    thread's without it stays as it was."""
     with contextlib.suppress(OSError):  # gone already, or not ours to change
         for task in Path(f"/proc/{pid}/task").iterdir():
-            tid = int(task.name)
-            niceness = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, niceness + increment))
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
     with contextlib.suppress(OSError):  # no autogroup in this kernel, or the session is gone
         if os.getsid(pid) == pid:  # never the gateway's own session
-            Path(f"/proc/{pid}/autogroup").write_text(f"{min(19, increment)}\n")
+            Path(f"/proc/{pid}/autogroup").write_text(f"{session_niceness}\n")
 
 
 async def exited(pid: int) -> None:
