@@ -1,20 +1,24 @@
-"""Kernels whose output keeps the gateway busy run nicer than it, for as long as they do.
+"""Kernels run nicer than the gateway whenever their output could keep it busy.
 
 The gateway's work grows with what kernels print: the supervisor and a worker each take every message.
 Kernels printing as fast as they can on every core would outweigh the gateway in the scheduler, and
 REST calls, interrupts and websockets would wait behind them; the gateway must be able to outrun them.
-A kernel that prints little costs the gateway next to nothing, so it keeps its full priority and runs
-as fast as any other program on the machine, starting up included.
+Seeing a flood begin is too late: kernels flooding at full priority starve the supervisor that would
+see it, and what they print meanwhile is a backlog the gateway chews through for seconds. So a kernel
+waiting for work yields already, and whatever it runs next begins nicer.
+
+A kernel that is not printing much costs the gateway next to nothing: one starting up, and one whose
+work has been quiet for half a second, run at full priority, as fast as any other program on the
+machine. A flood makes a kernel yield at once, until it has been calm for five seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import TYPE_CHECKING
 
 from . import liveness
-from .process import set_niceness
+from .process import priority_of, set_niceness
 
 if TYPE_CHECKING:
     from .kernels import Kernels
@@ -24,47 +28,65 @@ LOOK_EVERY = 0.25  # seconds
 # them takes a good part of a core.
 BUSY_MESSAGES = 25
 BUSY_BYTES = 256 << 10
-CALM_LOOKS = 20  # looks in a row below both before a kernel gets its priority back
+CALM_LOOKS = 20  # calm looks in a row before a kernel that flooded gets its priority back
+# ... and one that works without printing much: the first look after its work began may have seen
+# nothing of it yet.
+WORK_CALM_LOOKS = 2
 
 
 class Priority:
-    """One local kernel process's priority: lowered the moment its output since the last look crosses
-    a threshold (a look may come late when kernels take the CPU, which is the very case), and given
-    back after CALM_LOOKS calm looks."""
+    """One local kernel process's priority: lowered once it is ready and whenever it waits for work,
+    or at once when its output since the last look crosses a threshold; given back, as it was, while it
+    works quietly: after WORK_CALM_LOOKS calm looks, or CALM_LOOKS after a flood."""
 
-    def __init__(self, niceness: int, own: int):
-        self.niceness, self.own = niceness, own
+    def __init__(self, niceness: int):
+        self.niceness = niceness
         self.pid: int | None = None
         self.messages = self.size = 0  # since the last look
-        self.calm: int | None = None  # calm looks in a row while it yields; None: it does not
+        self.before: tuple[int, int | None] | None = None  # while it yields: its own niceness and its session's
+        self.flooded = False  # whether its output crossed a threshold since it last had its priority
+        self.calm = 0  # calm looks in a row while it works
 
     def heard(self, parts: list[bytes]) -> None:
         self.messages += 1
         self.size += sum(map(len, parts))
-        if self.calm != 0 and self.pid and (self.messages > BUSY_MESSAGES or self.size > BUSY_BYTES):
-            if self.calm is None:
-                set_niceness(self.pid, min(19, self.own + self.niceness), self.niceness)
-            self.calm = 0
+        if not self.flooded and self._flooding():
+            self.flooded = True
+            self._yield()
 
-    def look(self, pid: int | None) -> None:
-        if pid != self.pid:  # a new process (a restart) starts at full priority
-            self.pid, self.calm = pid, None
-        elif self.calm is not None and self.messages <= BUSY_MESSAGES and self.size <= BUSY_BYTES:
-            self.calm += 1
-            if self.calm >= CALM_LOOKS:
-                set_niceness(pid, self.own, 0)
-                self.calm = None
+    def look(self, pid: int | None, state: str) -> None:
+        """`state`: the kernel's execution state (activity.py)."""
+        if pid != self.pid:  # a new process (a restart) runs as it was started
+            self.pid, self.before, self.flooded, self.calm = pid, None, False, 0
+        if self._flooding():
+            self.flooded, self.calm = True, 0
+            self._yield()
+        else:  # calm looks count while it works
+            self.calm = self.calm + 1 if state == "busy" else 0
+        if state == "busy":
+            if self.before is not None and self.calm >= (CALM_LOOKS if self.flooded else WORK_CALM_LOOKS):
+                set_niceness(self.pid, *self.before)
+                self.before, self.flooded = None, False
+        elif state != "starting":  # ready, and waiting for work (or unknown, adopted)
+            self._yield()
         self.messages = self.size = 0
+
+    def _flooding(self) -> bool:
+        return self.messages > BUSY_MESSAGES or self.size > BUSY_BYTES
+
+    def _yield(self) -> None:
+        if self.before is None and self.pid and (before := priority_of(self.pid)) is not None:
+            self.before = before
+            set_niceness(self.pid, *(None if n is None else min(19, n + self.niceness) for n in before))
 
 
 async def yield_to_the_gateway(kernels: Kernels, niceness: int) -> None:
     """Meter every local kernel's output, and look at each meter every LOOK_EVERY."""
-    own = os.getpriority(os.PRIO_PROCESS, 0)
     while True:
         await asyncio.sleep(LOOK_EVERY)
         for kernel in kernels.list():
             if (pid := liveness.local_pid(kernel.manager.provisioner)) is None:
                 continue
             if kernel.iopub.meter is None:
-                kernel.iopub.meter = Priority(niceness, own)
-            kernel.iopub.meter.look(pid)
+                kernel.iopub.meter = Priority(niceness)
+            kernel.iopub.meter.look(pid, kernel.iopub.execution_state)
