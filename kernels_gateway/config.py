@@ -133,7 +133,7 @@ class Config:
         5, "restarts of a kernel that keeps dying within 10 s of starting before it is declared dead", (SUPERVISOR,)
     )
     kernel_nice: int = _opt(
-        19, "niceness added to a local kernel's process while its output keeps the gateway busy (0-19; 0: "
+        19, "niceness added to a local kernel's process while it waits for work or prints a lot (0-19; 0: "
         "never), so that kernels printing on every core leave the gateway its turns", (SUPERVISOR,),
         parse=_niceness,
     )
