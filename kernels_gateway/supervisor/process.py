@@ -72,21 +72,7 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def priority_of(pid: int) -> tuple[int, int | None] | None:
-    """A process's niceness, and that of the session it leads where the scheduler weighs sessions
-    (None if it leads none, or they are not weighed); None if the process is gone."""
-    try:
-        own = os.getpriority(os.PRIO_PROCESS, pid)
-    except OSError:
-        return None
-    try:
-        session = int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1]) if os.getsid(pid) == pid else None
-    except (OSError, ValueError):  # no autogroup in this kernel
-        session = None
-    return own, session
-
-
-def set_niceness(pid: int, niceness: int, session_niceness: int | None) -> None:
+def set_niceness(pid: int, niceness: int, session_niceness: int) -> None:
     """Give every thread of a process this niceness (threads started later inherit it from the main
     thread), and the session it leads that one.
 
@@ -99,10 +85,9 @@ def set_niceness(pid: int, niceness: int, session_niceness: int | None) -> None:
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
-    if session_niceness is not None:
-        with contextlib.suppress(OSError):  # the session is gone
-            if os.getsid(pid) == pid:  # never the gateway's own session
-                Path(f"/proc/{pid}/autogroup").write_text(f"{session_niceness}\n")
+    with contextlib.suppress(OSError):  # no autogroup in this kernel, or the session is gone
+        if os.getsid(pid) == pid:  # never the gateway's own session
+            Path(f"/proc/{pid}/autogroup").write_text(f"{session_niceness}\n")
 
 
 async def exited(pid: int) -> None:

@@ -15,10 +15,11 @@ machine. A flood makes a kernel yield at once, until it has been calm for five s
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING
 
 from . import liveness
-from .process import priority_of, set_niceness
+from .process import set_niceness
 
 if TYPE_CHECKING:
     from .kernels import Kernels
@@ -36,14 +37,16 @@ WORK_CALM_LOOKS = 2
 
 class Priority:
     """One local kernel process's priority: lowered once it is ready and whenever it waits for work,
-    or at once when its output since the last look crosses a threshold; given back, as it was, while it
-    works quietly: after WORK_CALM_LOOKS calm looks, or CALM_LOOKS after a flood."""
+    or at once when its output since the last look crosses a threshold; given back while it works
+    quietly: after WORK_CALM_LOOKS calm looks, or CALM_LOOKS after a flood. Its full priority is the
+    gateway's own, which a kernel it started inherits, and which one adopted from another supervisor
+    gets back too, though it may have been yielding when that supervisor left."""
 
-    def __init__(self, niceness: int):
-        self.niceness = niceness
+    def __init__(self, niceness: int, full: int):
+        self.niceness, self.full = niceness, full
         self.pid: int | None = None
         self.messages = self.size = 0  # since the last look
-        self.before: tuple[int, int | None] | None = None  # while it yields: its own niceness and its session's
+        self.yielding = False
         self.flooded = False  # whether its output crossed a threshold since it last had its priority
         self.calm = 0  # calm looks in a row while it works
 
@@ -57,16 +60,16 @@ class Priority:
     def look(self, pid: int | None, state: str) -> None:
         """`state`: the kernel's execution state (activity.py)."""
         if pid != self.pid:  # a new process (a restart) runs as it was started
-            self.pid, self.before, self.flooded, self.calm = pid, None, False, 0
+            self.pid, self.yielding, self.flooded, self.calm = pid, False, False, 0
         if self._flooding():
             self.flooded, self.calm = True, 0
             self._yield()
         else:  # calm looks count while it works
             self.calm = self.calm + 1 if state == "busy" else 0
         if state == "busy":
-            if self.before is not None and self.calm >= (CALM_LOOKS if self.flooded else WORK_CALM_LOOKS):
-                set_niceness(self.pid, *self.before)
-                self.before, self.flooded = None, False
+            if self.yielding and self.calm >= (CALM_LOOKS if self.flooded else WORK_CALM_LOOKS):
+                set_niceness(self.pid, self.full, 0)
+                self.yielding = self.flooded = False
         elif state != "starting":  # ready, and waiting for work (or unknown, adopted)
             self._yield()
         self.messages = self.size = 0
@@ -75,18 +78,19 @@ class Priority:
         return self.messages > BUSY_MESSAGES or self.size > BUSY_BYTES
 
     def _yield(self) -> None:
-        if self.before is None and self.pid and (before := priority_of(self.pid)) is not None:
-            self.before = before
-            set_niceness(self.pid, *(None if n is None else min(19, n + self.niceness) for n in before))
+        if not self.yielding and self.pid:
+            set_niceness(self.pid, min(19, self.full + self.niceness), self.niceness)
+            self.yielding = True
 
 
 async def yield_to_the_gateway(kernels: Kernels, niceness: int) -> None:
     """Meter every local kernel's output, and look at each meter every LOOK_EVERY."""
+    full = os.getpriority(os.PRIO_PROCESS, 0)
     while True:
         await asyncio.sleep(LOOK_EVERY)
         for kernel in kernels.list():
             if (pid := liveness.local_pid(kernel.manager.provisioner)) is None:
                 continue
             if kernel.iopub.meter is None:
-                kernel.iopub.meter = Priority(niceness)
+                kernel.iopub.meter = Priority(niceness, full)
             kernel.iopub.meter.look(pid, kernel.iopub.execution_state)

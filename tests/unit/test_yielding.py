@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from kernels_gateway.supervisor.process import priority_of
 from kernels_gateway.supervisor.yielding import BUSY_BYTES, BUSY_MESSAGES, CALM_LOOKS, WORK_CALM_LOOKS, Priority
 
 MESSAGE = [b"{}", b"{}", b"{}", b'{"name": "stdout", "text": "x"}']
 PRIVILEGED = os.geteuid() == 0  # a thread's niceness comes down only with CAP_SYS_NICE; a session's always does
+
+
+def priority_of(pid: int) -> tuple[int, int | None]:
+    """A process's niceness, and its session's where the scheduler weighs sessions (autogroup)."""
+    autogroup = Path(f"/proc/{pid}/autogroup")
+    return os.getpriority(os.PRIO_PROCESS, pid), int(autogroup.read_text().split()[-1]) if autogroup.exists() else None
 
 
 @pytest.fixture
@@ -35,7 +41,7 @@ def given_back(started: tuple[int, int | None]) -> tuple[int, int | None]:
 
 def test_a_kernel_runs_at_full_priority_while_starting_and_yields_once_it_waits_for_work(process):
     started = priority_of(process)
-    priority = Priority(7)
+    priority = Priority(7, 0)
     priority.look(process, "starting")
     assert priority_of(process) == started
     priority.look(process, "idle")
@@ -44,7 +50,7 @@ def test_a_kernel_runs_at_full_priority_while_starting_and_yields_once_it_waits_
 
 def test_quiet_work_gets_the_priority_back_and_waiting_for_work_yields_again(process):
     started = priority_of(process)
-    priority = Priority(7)
+    priority = Priority(7, 0)
     priority.look(process, "idle")
     for _ in range(WORK_CALM_LOOKS):
         assert priority_of(process) == nicer(started)
@@ -57,7 +63,7 @@ def test_quiet_work_gets_the_priority_back_and_waiting_for_work_yields_again(pro
 
 def test_a_flood_yields_at_once_and_only_five_calm_seconds_of_work_give_the_priority_back(process):
     started = priority_of(process)
-    priority = Priority(7)
+    priority = Priority(7, 0)
     priority.look(process, "idle")
     priority.look(process, "busy")
     priority.look(process, "busy")
@@ -76,8 +82,18 @@ def test_a_flood_yields_at_once_and_only_five_calm_seconds_of_work_give_the_prio
 
 
 def test_a_restarted_process_runs_as_it_started(process):
-    priority = Priority(7)
+    priority = Priority(7, 0)
     priority.look(12345678, "idle")  # the old process, gone
     started = priority_of(process)
     priority.look(process, "starting")
-    assert priority.before is None and priority_of(process) == started
+    assert not priority.yielding and priority_of(process) == started
+
+
+def test_a_kernel_adopted_while_it_yielded_gets_the_gateways_priority_back(process):
+    Path(f"/proc/{process}/autogroup").write_text("19\n")  # as the supervisor before left it
+    os.setpriority(os.PRIO_PROCESS, process, 19)
+    priority = Priority(7, 0)
+    priority.look(process, "unknown")
+    for _ in range(WORK_CALM_LOOKS):
+        priority.look(process, "busy")
+    assert priority_of(process) == ((0 if PRIVILEGED else 19), 0)
