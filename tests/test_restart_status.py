@@ -46,6 +46,8 @@ async def kernel_pid(sock: KernelSocket) -> int:
                          ids=["in place", "warm spare", "two workers"])
 async def test_clients_track_idle_after_an_automatic_restart(start_gateway, http, pool, workers):
     gw = await start_gateway("--initial-kernels", "0", "--pool", pool, "--workers", workers)
+    if pool != "none":  # the gateway serves before its first spare is ready: a start then launches its own
+        await eventually(lambda: asyncio.sleep(0, "Warm kernel ready" in gw.log()))
     kernel_id = await start_kernel(http, gw)
     staying = await KernelSocket.open(http, gw, kernel_id)
     leaving = await KernelSocket.open(http, gw, kernel_id, v1=True)
