@@ -21,13 +21,14 @@ from . import metrics, operations, replies, wire
 from .executions import ExecutionLimits, Executions
 from .kernels import Kernels
 from .records import valid_kernel_id
-from .process import gone
+from .process import exited, gone
 from .sessions import Sessions
 
 log = logging.getLogger("kernels_gateway.supervisor")
 
 _PEERCRED = struct.Struct("3i")
 CLOSE_TIMEOUT = 2.0
+EXIT_WAIT = 5.0  # seconds a worker whose connection ended may take to be gone
 PROGRESS_FILE = re.compile(r"progress-[0-9]{1,10}")
 
 
@@ -66,7 +67,8 @@ class SupervisorServer:
         self._handlers: set[asyncio.Task] = set()
         self.started = time.time()
         self.sessions = Sessions(kernels)
-        self._collectors: set[asyncio.Task] = set()  # replies for websockets of workers that died
+        # What follows a worker's departure: its websockets' replies collected, its progress file removed.
+        self._departures: set[asyncio.Task] = set()
         self.executions = Executions(kernels, execution_limits)
         self.ops: dict[str, Op] = {
             "status": self.status,
@@ -251,9 +253,9 @@ class SupervisorServer:
 
     async def close(self) -> None:
         self.kernels.listeners.discard(self._broadcast)
-        for collector in self._collectors:
-            collector.cancel()
-        await asyncio.gather(*self._collectors, return_exceptions=True)
+        for departure in self._departures:
+            departure.cancel()
+        await asyncio.gather(*self._departures, return_exceptions=True)
         await self.executions.close()
         if self._server:
             self._server.close()
@@ -300,14 +302,17 @@ class SupervisorServer:
                 last_msg_id, requests = read() if read else (None, 0)
                 self.kernels.connection_closed(kernel_id, session_id, connection, last_msg_id)
                 if requests and session_id:
-                    collector = asyncio.create_task(self._collect_replies(kernel_id, session_id, connection, requests))
-                    self._collectors.add(collector)
-                    collector.add_done_callback(self._collectors.discard)
+                    self._after_departure(self._collect_replies(kernel_id, session_id, connection, requests))
             for path in client.progress_files:
-                _remove_if_abandoned(path)
+                self._after_departure(_remove_once_abandoned(path))
             self._clients.discard(client)
             writer.close()
             self._handlers.discard(handler)
+
+    def _after_departure(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._departures.add(task)
+        task.add_done_callback(self._departures.discard)
 
     async def _answer(self, frame: dict[str, Any], client: Client) -> None:
         reply: dict[str, Any] = {"id": frame.get("id")}
@@ -334,9 +339,13 @@ class SupervisorServer:
                 await client.send({"id": reply["id"], "error": {"code": "error", "message": str(e)}})
 
 
-def _remove_if_abandoned(path: Path) -> None:
-    """A worker's progress file, once read, if that worker (its pid is in the name) is gone."""
-    if gone(int(path.name.rpartition("-")[2])):
+async def _remove_once_abandoned(path: Path) -> None:
+    """A worker's progress file, once read, if that worker (its pid is in the name) is gone. Its
+    connection ends as it exits, a moment before it is gone; one that lives on (it reconnects) keeps it."""
+    pid = int(path.name.rpartition("-")[2])
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(exited(pid), EXIT_WAIT)
+    if gone(pid):
         path.unlink(missing_ok=True)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 import uuid
 
 import pytest
@@ -115,3 +116,27 @@ async def test_bad_arguments_never_leave_the_client(tmp_path):
     client = SupervisorClient(tmp_path / "nobody.sock", retry_for=0)
     with pytest.raises(BadRequest, match="env must be an object mapping names to string values"):
         await client.start("python3", {"KERNEL_A": 1})
+
+
+async def test_a_departed_workers_progress_file_goes_once_the_worker_is_gone(tmp_path):
+    """A worker's connection ends as it exits, a moment before the process is gone: the file of one
+    still exiting goes once it has; that of one that lives on stays."""
+    from kernels_gateway.supervisor.server import _remove_once_abandoned
+
+    exiting = subprocess.Popen(["sleep", "60"])
+    living = subprocess.Popen(["sleep", "60"])
+    try:
+        files = {child: tmp_path / f"progress-{child.pid}" for child in (exiting, living)}
+        for path in files.values():
+            path.write_bytes(b"")
+        removals = [asyncio.create_task(_remove_once_abandoned(path)) for path in files.values()]
+        await asyncio.sleep(0.2)
+        exiting.kill()
+        await asyncio.wait_for(removals[0], 5)
+        assert not files[exiting].exists() and files[living].exists()
+        removals[1].cancel()
+        await asyncio.gather(removals[1], return_exceptions=True)
+    finally:
+        for child in (exiting, living):
+            child.kill()
+            child.wait()
