@@ -39,7 +39,7 @@ class IOPub:
         self.heard = asyncio.Event()  # set by every message: proof that the subscription is live
         # Hears every message first (parts after the signature); the execute API's tracking (executions.py).
         self.observer: Callable[[list[bytes]], None] | None = None
-        self.meter: Priority | None = None  # hears every message but welcomes; see yielding.py
+        self.meter: Priority | None = None  # told of every message the replay counts; see yielding.py
 
     async def watch(self, sub: zmq.asyncio.Socket) -> None:
         try:
@@ -65,13 +65,13 @@ class IOPub:
         header = parts[0]
         if is_welcome(header):
             return  # the kernel greeting a subscription: not activity, and for no client
-        if self.meter is not None:
-            self.meter.heard(parts)
         now = time.time()
         self.last_activity = now
         if message_type(header, STATUS_TYPE) == "status":
             self._status(json.loads(parts[1]).get("msg_type"), json.loads(parts[3])["execution_state"])
         self.replay.heard(parts, now)
+        if self.meter is not None:
+            self.meter.heard()
 
     def _status(self, parent_type: str | None, state: str) -> None:
         """A kernel's state follows the requests that do its work. The status of any other request

@@ -93,6 +93,11 @@ class Replay:
 
     # -- the buffer ----------------------------------------------------------------------------
 
+    @property
+    def heard_so_far(self) -> tuple[int, int]:
+        """How many messages, and how many bytes, this kernel has published."""
+        return self._seq, self._end
+
     def heard(self, parts: list[bytes], now: float) -> None:
         size = sum(map(len, parts))
         self._seq += 1

@@ -23,6 +23,7 @@ from .process import set_niceness
 
 if TYPE_CHECKING:
     from .kernels import Kernels
+    from .replay import Replay
 
 LOOK_EVERY = 0.25  # seconds
 # Output past either within one look makes a kernel yield: at a few hundred messages a second, relaying
@@ -42,17 +43,17 @@ class Priority:
     gateway's own, which a kernel it started inherits, and which one adopted from another supervisor
     gets back too, though it may have been yielding when that supervisor left."""
 
-    def __init__(self, niceness: int, full: int):
+    def __init__(self, niceness: int, full: int, output: Replay):
         self.niceness, self.full = niceness, full
+        self.output = output  # what counts the kernel's messages and bytes
         self.pid: int | None = None
-        self.messages = self.size = 0  # since the last look
+        self.at_look = output.heard_so_far  # the counts at the last look
         self.yielding = False
         self.flooded = False  # whether its output crossed a threshold since it last had its priority
         self.calm = 0  # calm looks in a row while it works
 
-    def heard(self, parts: list[bytes]) -> None:
-        self.messages += 1
-        self.size += sum(map(len, parts))
+    def heard(self) -> None:
+        """The kernel published one more message."""
         if not self.flooded and self._flooding():
             self.flooded = True
             self._yield()
@@ -72,10 +73,11 @@ class Priority:
                 self.yielding = self.flooded = False
         elif state != "starting":  # ready, and waiting for work (or unknown, adopted)
             self._yield()
-        self.messages = self.size = 0
+        self.at_look = self.output.heard_so_far
 
     def _flooding(self) -> bool:
-        return self.messages > BUSY_MESSAGES or self.size > BUSY_BYTES
+        (messages, size), (before, size_before) = self.output.heard_so_far, self.at_look
+        return messages - before > BUSY_MESSAGES or size - size_before > BUSY_BYTES
 
     def _yield(self) -> None:
         if not self.yielding and self.pid:
@@ -92,5 +94,5 @@ async def yield_to_the_gateway(kernels: Kernels, niceness: int) -> None:
             if (pid := liveness.local_pid(kernel.manager.provisioner)) is None:
                 continue
             if kernel.iopub.meter is None:
-                kernel.iopub.meter = Priority(niceness, full)
+                kernel.iopub.meter = Priority(niceness, full, kernel.iopub.replay)
             kernel.iopub.meter.look(pid, kernel.iopub.execution_state)
