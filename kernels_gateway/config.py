@@ -152,7 +152,7 @@ class Config:
         "(default: one of the default kernelspec)", (SUPERVISOR,), parse=_pool, repeat=True,
     )
     fork: str = _opt(
-        "none", "python: fork Python kernels that run ipykernel with the gateway's own interpreter from a "
+        "python", "python: fork Python kernels that run ipykernel with the gateway's own interpreter from a "
         "template that has imported it; none: launch every kernel", (SUPERVISOR,), choices=("python", "none"),
     )
     preload: tuple[str, ...] = _opt(
@@ -309,7 +309,7 @@ def _problem(config: Config) -> str | None:
     if not config.certfile and (config.keyfile or config.client_ca):
         return "--keyfile and --client-ca need --certfile"
     if config.preload and config.fork == "none":
-        return "--preload needs forking: add --fork python, or drop --preload"
+        return "--preload needs forking: drop --fork none, or drop --preload"
     return None
 
 
