@@ -194,6 +194,20 @@ async def test_fork_none_launches_every_kernel(start_gateway, http):
     assert "Template of" not in gw.log() and "not forked" not in gw.log()
 
 
+async def test_what_a_template_prints_is_logged_as_lines_of_the_template(start_gateway, tmp_path):
+    (tmp_path / "noisy_on_import.py").write_text(
+        "import sys\nprint('printed on import', flush=True)\nsys.stderr.write('warned on import\\n')\n")
+    gw = await start_gateway("--initial-kernels", "0", "--log-format", "json", "--preload", "noisy_on_import",
+                             env={"PYTHONPATH": str(tmp_path)})
+    await eventually(lambda: _logged(gw, "warned on import"))
+    assert await gw.stop() == 0
+    entries = [json.loads(line) for line in gw.log().splitlines()]  # every line JSON, the template's too
+    printed = {entry["stream"]: entry for entry in entries if entry["logger"] == "kernels_gateway.kernel"}
+    assert printed["stdout"]["message"] == "Template of python3 stdout: printed on import"
+    assert printed["stderr"]["message"] == "Template of python3 stderr: warned on import"
+    assert (printed["stdout"]["level"], printed["stderr"]["level"]) == ("INFO", "WARNING")
+
+
 async def test_preload_of_a_missing_module_stops_the_start_clearly(start_gateway):
     with pytest.raises(RuntimeError, match="cannot import no_such_module_here: ModuleNotFoundError"):
         await start_gateway("--fork", "python", "--preload", "no_such_module_here")

@@ -1,4 +1,4 @@
-"""What a kernel prints to its own stdout and stderr, logged as lines of that kernel.
+"""What a kernel (or a kernel template) prints to its own stdout and stderr, logged as lines of it.
 
 A kernel is launched with a pipe for each (jupyter_client passes the launch arguments to Popen), so
 nothing it prints reaches the gateway's own stream as it is: each line becomes a log record of logger
@@ -76,10 +76,12 @@ class _Stream(asyncio.Protocol):
 
 
 class KernelOutput:
-    """The readers of one kernel's stdout and stderr pipes, over every process the kernel runs in."""
+    """The readers of one kernel's stdout and stderr pipes, over every process the kernel runs in; or,
+    with a `label` and no kernel id, of another process the supervisor starts (a template)."""
 
-    def __init__(self, kernel_id: str):
+    def __init__(self, kernel_id: str, label: str = ""):
         self.kernel_id = kernel_id
+        self.label = label
         self._streams: list[_Stream] = []
         self._tokens, self._refilled = BURST, time.monotonic()
         self._unlogged = 0
@@ -111,16 +113,27 @@ class KernelOutput:
             self._unlogged += 1
             return
         self._tokens -= 1
-        extra = {"kernel_id": self.kernel_id, "stream": stream}
-        if self._unlogged:
-            log.warning("Kernel %s: %d lines of output not logged (more than %g a second)", self.kernel_id,
-                        self._unlogged, LINES_PER_SECOND, extra=extra)
-            self._unlogged = 0
+        extra = {**self._fields, "stream": stream}
+        self._log_unlogged(extra)
         text = raw[:MAX_LINE].decode(errors="replace").rstrip()
         if len(raw) > MAX_LINE:
             text += f" [line cut at {MAX_LINE} of {len(raw)} bytes]"
         if text:
-            log.log(LEVELS[stream], "Kernel %s %s: %s", self.kernel_id, stream, text, extra=extra)
+            log.log(LEVELS[stream], "%s %s: %s", self._whose, stream, text, extra=extra)
+
+    @property
+    def _whose(self) -> str:
+        return self.label or f"Kernel {self.kernel_id}"
+
+    @property
+    def _fields(self) -> dict[str, str]:
+        return {"kernel_id": self.kernel_id} if self.kernel_id else {}
+
+    def _log_unlogged(self, extra: dict[str, str]) -> None:
+        if self._unlogged:
+            log.warning("%s: %d lines of output not logged (more than %g a second)", self._whose,
+                        self._unlogged, LINES_PER_SECOND, extra=extra)
+            self._unlogged = 0
 
     async def close(self, timeout: float = 1.0) -> None:
         """Stop reading: what the kernel wrote before it exited is logged first, if it comes soon."""
@@ -130,7 +143,4 @@ class KernelOutput:
         for stream in streams:
             if stream.transport:
                 stream.transport.close()
-        if self._unlogged:
-            log.warning("Kernel %s: %d lines of output not logged (more than %g a second)", self.kernel_id,
-                        self._unlogged, LINES_PER_SECOND, extra={"kernel_id": self.kernel_id})
-            self._unlogged = 0
+        self._log_unlogged(self._fields)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
+from .output import KernelOutput
 from .process import exited
 
 log = logging.getLogger("kernels_gateway.supervisor")
@@ -46,6 +47,8 @@ class Template:
         self._channel: socket.socket | None = None
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task | None = None
+        # What it prints (an import's warning, a traceback) is logged as lines, never mixed raw into the log.
+        self.output = KernelOutput("", label=f"Template of {name}")
 
     @property
     def alive(self) -> bool:
@@ -59,10 +62,16 @@ class Template:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "kernels_gateway.supervisor.forkserver", str(theirs.fileno()),
                  ",".join(self.preload)],
-                env=self.env, stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()], start_new_session=True,
+                env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=[theirs.fileno()], start_new_session=True,
             )
         finally:
             theirs.close()
+        try:
+            await self.output.follow(self.process)
+        finally:
+            self.process.stdout.close()  # the reader has its own copies
+            self.process.stderr.close()
         ours.setblocking(False)
         self._channel = ours
         try:
@@ -138,6 +147,7 @@ class Template:
             except TimeoutError:
                 self.process.kill()
                 await asyncio.to_thread(self.process.wait)
+        await self.output.close()
 
 
 class Templates:
