@@ -1,7 +1,8 @@
 """Forked kernels beside launched ones (`--fork none`) and Kernel Gateway's, in one run, without a warm
 pool: POST to the first kernel_info_reply, 20 concurrent starts, an idle kernel's proportional memory
-(PSS, of forked kernels without preloads, since a launched kernel has imported none), and what
-`import numpy` costs in a new kernel (this gateway forking with `--preload numpy`)."""
+among 3 kernels and among as many as the concurrent starts (PSS, of forked kernels without preloads,
+since a launched kernel has imported none), and what `import numpy` costs in a new kernel (this gateway
+forking with `--preload numpy`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ FORKED = ("--pool", "none", "--fork", "python", "--preload", "numpy")
 # A launched kernel has not imported numpy: the memory of forked kernels is compared without preloads.
 FORKED_PLAIN = ("--pool", "none", "--fork", "python")
 LAUNCHED = ("--pool", "none", "--fork", "none")
+# An idle kernel's PSS falls as more kernels share a template's pages: measured with a few kernels, and with
+# as many as a burst of concurrent starts leaves.
 PSS_KERNELS = 3
 
 
@@ -34,12 +37,15 @@ async def fork(fleet: Fleet, settings: Settings, results: Results) -> None:
         for target, kind in targets:
             with results.guard(FORK, target.name):
                 await _concurrent(target, kind, settings, results)
-                if target is not forked[0]:
-                    await _memory(target, kind, settings, results)
                 await _numpy(target, kind, settings, results)
-    async with fleet.running([THIS], *FORKED_PLAIN) as [plain]:
-        with results.guard(FORK, plain.name):
-            await _memory(plain, "forked", settings, results)
+    # Memory is measured on gateways all running at once, so that each kernel shares the pages of the
+    # interpreter's files with as many others as the rest do.
+    async with fleet.running([THIS, *others], *FORKED_PLAIN) as forked, fleet.running([THIS], *LAUNCHED) as [launched]:
+        targets = [(forked[0], "forked"), (launched, "launched, --fork none"), *((t, "forked") for t in forked[1:])]
+        for count in (PSS_KERNELS, settings.concurrent_starts):
+            for target, kind in targets:
+                with results.guard(FORK, target.name):
+                    await _memory(target, kind, count, settings, results)
 
 
 def _measure(text: str, kind: str) -> str:
@@ -77,22 +83,22 @@ async def _concurrent(target, kind: str, settings: Settings, results: Results) -
                          return_exceptions=True)
 
 
-async def _memory(target, kind: str, settings: Settings, results: Results) -> None:
-    """The PSS of idle kernels that have each answered one cell: pages shared with a template (or with
-    each other) count once among those that share them."""
+async def _memory(target, kind: str, count: int, settings: Settings, results: Results) -> None:
+    """The PSS of `count` idle kernels that have each answered one cell: pages shared with a template (or
+    with each other) count once among those that share them."""
     await settled_kernels(target.folder)
-    kernels = [await target.start_kernel({}) for _ in range(PSS_KERNELS)]
+    kernels = [await target.start_kernel({}) for _ in range(count)]
     try:
         for kernel_id in kernels:
             client = await target.connect(kernel_id, v1=False)
             await client.execute("1", settings.request_timeout)
             await client.close()
-        await settled_kernels(target.folder, PSS_KERNELS)
+        await settled_kernels(target.folder, count)
         sizes = []
         for pid in kernels_of(target.folder):
             with contextlib.suppress(OSError):
                 sizes.append(proc_bytes(f"/proc/{pid}/smaps_rollup", "Pss") / 2**20)
-        results.record(FORK, _measure("idle kernel's PSS", kind), target.name, round(median(sizes) or 0, 1), "MiB", sizes)
+        results.record(FORK, _measure(f"idle kernel's PSS, {count} kernels", kind), target.name, round(median(sizes) or 0, 1), "MiB", sizes)
     finally:
         await asyncio.gather(*(target.delete_kernel(k) for k in kernels), return_exceptions=True)
 

@@ -33,7 +33,7 @@ GOALS = [
     ("flood", r"beside them, delivered$", "100 %"),
     ("fork", r"p50, no pool \(forked\)", "≤ 150 ms"),
     ("fork", r"all answered after \(forked\)", "≤ 2 s"),
-    ("fork", r"PSS \(forked\)", "≤ 0.6 × launched"),
+    ("fork", r"PSS, \d+ kernels \(forked\)", "≤ 0.6 × launched"),
     ("fork", r"import numpy in a new kernel p50 \(forked\)", "≤ 5 ms"),
     ("remote", r"round trip p50", "≤ 1.25 × jupyter_client"),
     ("remote", r"restart to first kernel_info_reply p50", "≤ 1.5 × jupyter_client"),
