@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.__main__ import WORKLOADS
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(330)  # beyond the run's own 300 s: a loaded machine takes longer than the suite's 120 s
 def test_quick_run_against_this_gateway(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--targets", "this", "--out", str(tmp_path)],
