@@ -8,6 +8,7 @@ import asyncio
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -101,6 +102,8 @@ def raise_file_limit() -> None:
 
 
 async def run(workloads: list[str], fleet: Fleet, settings: Settings, results: Results, out: Path) -> None:
+    # SIGTERM stops the run as an error would: every gateway, kernel and host it made is removed first.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     try:
         for workload in workloads:
             print(f"-- {workload}", file=sys.stderr, flush=True)
@@ -163,12 +166,16 @@ def main(argv: list[str] | None = None) -> int:
             profile.check_available()
             profiler = profile.Profiler(args.out / "profiles")
         asyncio.run(run(workloads, Fleet(targets, keep=args.quick, profiler=profiler), settings, results, args.out))
+        stopped = False
+    except asyncio.CancelledError:  # SIGTERM: what was measured is still saved and reported
+        stopped = True
+        results.note("all", "stopped by SIGTERM")
     finally:
         specs.cleanup()
     results.meta["load average at end"] = os.getloadavg()
     results.save(args.out / "results.json")
     write_report(results, args.out)
-    return 0
+    return 1 if stopped else 0
 
 
 if __name__ == "__main__":

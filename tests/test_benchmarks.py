@@ -13,14 +13,31 @@ import pytest
 from benchmarks.__main__ import WORKLOADS
 
 REPO = Path(__file__).resolve().parent.parent
+STOP_GRACE = 60  # seconds a SIGTERMed run has to remove its gateways, kernels and hosts
 
 
-@pytest.mark.timeout(330)  # beyond the run's own 300 s: a loaded machine takes longer than the suite's 120 s
+def run_benchmarks(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """`python -m benchmarks ARGS`, its output once it has exited. One still running when the block ends
+    (past `timeout`, or the test's own deadline) gets SIGTERM, on which it removes what it made as after
+    an error, then SIGKILL."""
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks", *args], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.communicate(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+
+
+@pytest.mark.timeout(300 + STOP_GRACE + 10)  # it takes 90 s on an idle two-core machine, more on a loaded one
 def test_quick_run_against_this_gateway(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--targets", "this", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,  # it takes 90 s on an idle two-core machine
-    )
+    run = run_benchmarks("--quick", "--targets", "this", "--out", str(tmp_path), timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     failures = [f"{w}: {n}" for w, notes in results["notes"].items() for n in notes if "failed:" in n]
@@ -39,11 +56,9 @@ def test_quick_run_against_this_gateway(tmp_path):
 
 
 def test_profile_samples_every_process_of_this_gateway(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--targets", "this", "--workloads", "execute",
-         "--samples", "200", "--profile", "--out", str(tmp_path)],  # seconds of relaying to sample
-        cwd=REPO, capture_output=True, text=True, timeout=100,
-    )
+    run = run_benchmarks("--quick", "--targets", "this", "--workloads", "execute",
+                         "--samples", "200",  # seconds of relaying to sample
+                         "--profile", "--out", str(tmp_path), timeout=100)
     assert run.returncode == 0, run.stdout + run.stderr
     profiles = tmp_path / "profiles"
     stacks = {path.name.split("-")[2]: path.read_text() for path in profiles.glob("*.txt")}
