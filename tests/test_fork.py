@@ -2,9 +2,8 @@
 the ordinary way when a fork would not do, and surviving what launched kernels survive.
 
 The rest of the suite (execute, output, stdin, comms, interrupt, restart, crash, shutdown, adoption) runs
-on forked kernels with KERNELS_GATEWAY_FORK=python in the environment; these tests check what is
-particular to forking. With `--preload numpy`, numpy already imported when a kernel starts is the proof
-that it was forked.
+on forked kernels, forking being the default; these tests check what is particular to forking. With
+`--preload numpy`, numpy already imported when a kernel starts is the proof that it was forked.
 """
 
 from __future__ import annotations
@@ -202,10 +201,9 @@ async def test_what_a_template_prints_is_logged_as_lines_of_the_template(start_g
     await eventually(lambda: _logged(gw, "warned on import"))
     assert await gw.stop() == 0
     entries = [json.loads(line) for line in gw.log().splitlines()]  # every line JSON, the template's too
-    printed = {entry["stream"]: entry for entry in entries if entry["logger"] == "kernels_gateway.kernel"}
-    assert printed["stdout"]["message"] == "Template of python3 stdout: printed on import"
-    assert printed["stderr"]["message"] == "Template of python3 stderr: warned on import"
-    assert (printed["stdout"]["level"], printed["stderr"]["level"]) == ("INFO", "WARNING")
+    printed = {(e["stream"], e["level"], e["message"]) for e in entries if e["logger"] == "kernels_gateway.kernel"}
+    assert ("stdout", "INFO", "Template of python3 stdout: printed on import") in printed
+    assert ("stderr", "WARNING", "Template of python3 stderr: warned on import") in printed
 
 
 async def test_preload_of_a_missing_module_stops_the_start_clearly(start_gateway):
