@@ -160,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Kernel Gateway is not available, measuring without it: {e}", file=sys.stderr)
             results.note("all", f"Kernel Gateway could not be installed: {e}")
             targets.remove(KG)
+    stopped = False
     try:
         profiler = None
         if args.profile:
             profile.check_available()
             profiler = profile.Profiler(args.out / "profiles")
         asyncio.run(run(workloads, Fleet(targets, keep=args.quick, profiler=profiler), settings, results, args.out))
-        stopped = False
     except asyncio.CancelledError:  # SIGTERM: what was measured is still saved and reported
         stopped = True
         results.note("all", "stopped by SIGTERM")

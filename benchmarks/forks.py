@@ -30,9 +30,7 @@ async def fork(fleet: Fleet, settings: Settings, results: Results) -> None:
         results.note(FORK, "not measured: this gateway has no --fork option")
         return
     others = [KG] if KG in fleet.names else []
-    async with fleet.running([THIS, *others], *FORKED) as forked, fleet.running([THIS], *LAUNCHED) as [launched]:
-        # Kernel Gateway's figures sit in the rows of this gateway's forked kernels, for the ratio.
-        targets = [(forked[0], "forked"), (launched, "launched, --fork none"), *((t, "forked") for t in forked[1:])]
+    async with _side_by_side(fleet, others, FORKED) as targets:
         await _first_replies(targets, settings, results)
         for target, kind in targets:
             with results.guard(FORK, target.name):
@@ -40,12 +38,19 @@ async def fork(fleet: Fleet, settings: Settings, results: Results) -> None:
                 await _numpy(target, kind, settings, results)
     # Memory is measured on gateways all running at once, so that each kernel shares the pages of the
     # interpreter's files with as many others as the rest do.
-    async with fleet.running([THIS, *others], *FORKED_PLAIN) as forked, fleet.running([THIS], *LAUNCHED) as [launched]:
-        targets = [(forked[0], "forked"), (launched, "launched, --fork none"), *((t, "forked") for t in forked[1:])]
+    async with _side_by_side(fleet, others, FORKED_PLAIN) as targets:
         for count in (PSS_KERNELS, settings.concurrent_starts):
             for target, kind in targets:
                 with results.guard(FORK, target.name):
                     await _memory(target, kind, count, settings, results)
+
+
+@contextlib.asynccontextmanager
+async def _side_by_side(fleet: Fleet, others: list[str], forking: tuple[str, ...]):
+    """This gateway forking (with `forking`), this gateway launching and the others, running at once, as
+    (target, kind). Kernel Gateway's figures sit in the rows of this gateway's forked kernels, for the ratio."""
+    async with fleet.running([THIS, *others], *forking) as forked, fleet.running([THIS], *LAUNCHED) as [launched]:
+        yield [(forked[0], "forked"), (launched, "launched, --fork none"), *((t, "forked") for t in forked[1:])]
 
 
 def _measure(text: str, kind: str) -> str:
